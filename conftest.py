@@ -1,0 +1,5 @@
+"""pytest: run from the repo root so `models`, `data` and `workbench` import as top-level packages."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
