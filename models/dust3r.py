@@ -13,6 +13,7 @@ Shape legend: B batch, N tokens (h*w patch grid), C channels, Hd heads, Dh head 
 """
 from __future__ import annotations
 
+import copy
 from collections import namedtuple
 from typing import Callable
 
@@ -41,7 +42,7 @@ class RoPE2D(nn.Module):
         return RopeTables(pos, head_dim, self.base)
 
     @staticmethod
-    def apply(t: torch.Tensor, tables: "RopeTables") -> torch.Tensor:
+    def rotate(t: torch.Tensor, tables: "RopeTables") -> torch.Tensor:
         """t (B,Hd,N,Dh) rotated in place of the official pure-torch RoPE, with the same arithmetic."""
         halves = t.chunk(2, dim=-1)  # y channels, x channels
         out = []
@@ -96,7 +97,7 @@ class Attention(nn.Module):
 
     def forward(self, x, rope):
         qkv = rearrange(self.qkv(x), "b n (three hd dh) -> three b hd n dh", three=3, hd=self.num_heads)
-        q, k, v = RoPE2D.apply(qkv[0], rope), RoPE2D.apply(qkv[1], rope), qkv[2]  # (B,Hd,N,Dh)
+        q, k, v = RoPE2D.rotate(qkv[0], rope), RoPE2D.rotate(qkv[1], rope), qkv[2]  # (B,Hd,N,Dh)
         x = F.scaled_dot_product_attention(q, k, v)  # scale Dh^-0.5 as official (q@k^T)*scale
         return self.proj(rearrange(x, "b hd n dh -> b n (hd dh)"))
 
@@ -110,8 +111,8 @@ class CrossAttention(nn.Module):
 
     def forward(self, x, y, rope_x, rope_y):
         split = lambda t: rearrange(t, "b n (hd dh) -> b hd n dh", hd=self.num_heads)  # noqa: E731
-        q = RoPE2D.apply(split(self.projq(x)), rope_x)  # queries rotate with their own view's positions
-        k = RoPE2D.apply(split(self.projk(y)), rope_y)  # keys with the other view's
+        q = RoPE2D.rotate(split(self.projq(x)), rope_x)  # queries rotate with their own view's positions
+        k = RoPE2D.rotate(split(self.projk(y)), rope_y)  # keys with the other view's
         x = F.scaled_dot_product_attention(q, k, split(self.projv(y)))
         return self.proj(rearrange(x, "b hd n dh -> b n (hd dh)"))
 
@@ -245,10 +246,13 @@ class AsymmetricCroCo3DStereo(nn.Module):
         self.enc_norm = LayerNorm(enc_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dec_embed_dim))  # CroCo's; never read by DUSt3R (kept for strict loading)
         self.decoder_embed = nn.Linear(enc_embed_dim, dec_embed_dim)
-        make_dec = lambda: nn.ModuleList(  # noqa: E731
+        self.dec_blocks = nn.ModuleList(
             [DecoderBlock(dec_embed_dim, dec_num_heads, mlp_ratio, norm_im2_in_dec) for _ in range(dec_depth)])
-        self.dec_blocks, self.dec_blocks2 = make_dec(), make_dec()
         self.dec_norm = LayerNorm(dec_embed_dim)
+        self.apply(_init_weights)  # official random init (CroCoNet.initialize_weights), then the copy below
+        nn.init.xavier_uniform_(self.patch_embed.proj.weight.view(enc_embed_dim, -1))
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.dec_blocks2 = copy.deepcopy(self.dec_blocks)  # official: view 2's decoder starts as a copy
         if head_type == "linear":
             self.downstream_head1 = LinearPts3d(dec_embed_dim, patch_size)
             self.downstream_head2 = LinearPts3d(dec_embed_dim, patch_size)
@@ -390,6 +394,16 @@ class AsymmetricCroCo3DStereo(nn.Module):
             out[k][~portrait.to(out[k].device)] = land[k]
             out[k][portrait.to(out[k].device)] = port[k].swapaxes(1, 2)
         return out
+
+
+def _init_weights(m):
+    """CroCo's init for random-weight models: xavier-uniform Linear, zero bias, LayerNorm (1, 0)."""
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
 
 
 def _true_shape(view: dict, img: torch.Tensor) -> torch.Tensor:

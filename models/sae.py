@@ -1,0 +1,351 @@
+"""Sparse autoencoders (SAEs) on DUSt3R token activations, and the metrics used to judge them.
+
+Legend: B tokens in a batch, D activation width (d_in), S latents (n_latents), K active latents/token.
+
+One class, three kinds (an `if` per kind, no class hierarchy; style notes 3.2):
+  topk       TopK + AuxK dead-latent loss (Gao et al. 2024, "Scaling and evaluating sparse autoencoders")
+  batchtopk  top B*K activations over the whole batch (Bussmann et al. 2024); an EMA threshold
+             (SAELens, lr 0.01) replaces the batch top-k at inference, i.e. a JumpReLU
+  relu       ReLU + L1 weighted by decoder row norms, L1 warmed up linearly (Anthropic April-2024 update)
+Recipe (sae_anchors.md section 4): b_dec subtracted before the encoder, tied init W_enc = W_dec^T,
+b_dec at the geometric median of a sample (openai), unit-norm decoder rows with the gradient parallel
+to them removed (openai, sparsify, saev), inputs mean-centred and scaled so E||x|| = sqrt(D)
+(SAELens, saev v0.1), folded into the weights by `save` so a saved SAE acts on raw activations.
+"""
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import einsum
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+KINDS = ("topk", "batchtopk", "relu")
+
+
+@dataclasses.dataclass
+class SAEConfig:
+    d_in: int                       # D, activation width (1024 DUSt3R encoder, 768 decoder)
+    n_latents: int                  # S, dictionary size (16x d_in by default in the scripts)
+    kind: str = "topk"              # 'topk' | 'batchtopk' | 'relu' (ReLU + L1)
+    k: int = 32                     # active latents per token (topk: exactly; batchtopk: on average)
+    aux_k: int = 512                # AuxK: dead latents used to model the residual (saev, BatchTopK ref)
+    aux_coeff: float = 1 / 32       # AuxK weight (Gao et al.; openai, dictionary_learning, saev)
+    dead_tokens: int = 10_000_000   # dead = no firing in this many tokens (openai, sparsify, saev)
+    l1_coeff: float = 5e-3          # relu only; = SAELens' 5 with summed MSE at D=1024; tune for L0
+    l1_warmup_steps: int = 1000     # relu only; linear L1 warm-up (dictionary_learning 2000, saev 500)
+    threshold_lr: float = 0.01      # batchtopk: EMA rate of the inference threshold (SAELens)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"SAEConfig.kind must be one of {KINDS}, got {self.kind!r}")
+        if not (0 < self.k <= self.n_latents and self.d_in > 0 and self.aux_k > 0 and self.dead_tokens > 0):
+            raise ValueError(f"SAEConfig: need 0 < k <= n_latents, d_in, aux_k, dead_tokens > 0: {self}")
+
+
+class SAEOutput(NamedTuple):
+    recon: torch.Tensor      # (B, D) reconstruction in raw activation space
+    latents: torch.Tensor    # (B, S) dense latent activations in raw units, detached
+    loss: torch.Tensor       # scalar to backprop: recon_mse + aux_coeff*aux_loss + l1 weight*l1
+    recon_mse: torch.Tensor  # mean squared error per element, normalised space
+    aux_loss: torch.Tensor   # AuxK normalised MSE of the residual (0 when no latent is dead)
+    l1: torch.Tensor         # mean over tokens of sum_i f_i ||W_dec,i||, normalised space (relu)
+    l0: float                # mean non-zero latents per token
+    fvu: float               # this batch's centred fraction of variance unexplained
+
+
+class _TopKEncode(torch.autograd.Function):
+    """relu(topk(x_in @ W_enc + b_enc)) with a sparse backward.
+
+    Only K of the S pre-activations per token get a gradient, so the input gradient is a K-row
+    gather (embedding_bag) and b_dec's is W_enc @ grad_b_enc: one dense matmul in the backward
+    (grad W_enc) instead of two. The (B, S) pre-activations are not kept for the backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x_in, W_enc, b_enc, k):
+        pre = torch.addmm(b_enc, x_in, W_enc)            # (B, S), bf16 under autocast
+        vals, idx = pre.topk(k, dim=1, sorted=False)       # (B, K)
+        vals = vals.relu()
+        ctx.save_for_backward(x_in, W_enc, idx, vals)
+        return vals, idx
+
+    @staticmethod
+    def backward(ctx, g_vals, _g_idx):
+        x_in, W_enc, idx, vals = ctx.saved_tensors
+        g = (g_vals * (vals > 0)).to(vals.dtype)           # (B, K) relu after top-k
+        g_pre = torch.zeros(x_in.shape[0], W_enc.shape[1], dtype=g.dtype, device=g.device)
+        g_pre.scatter_(1, idx, g)                          # (B, S), K non-zeros per row
+        grad_W = (x_in.to(g.dtype).t() @ g_pre).to(W_enc.dtype)   # (D, S)
+        grad_b = g_pre.sum(0, dtype=torch.float32).to(W_enc.dtype)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.embedding_bag(idx, W_enc.t().contiguous(), per_sample_weights=g.to(W_enc.dtype),
+                                     mode="sum").to(x_in.dtype)
+        return grad_x, grad_W, grad_b, None
+
+
+class SAE(nn.Module):
+    """Sparse autoencoder; parameters live in normalised space, inputs and outputs are raw.
+
+        x_n   = s (x - mu)                     mu (D,), s = sqrt(D) / E||x - mu||  (buffers)
+        pre   = (x_n - b_dec) W_enc + b_enc    W_enc (D, S), b_enc (S,)
+        f     = relu(topk_K(pre))  |  batch top-(B*K) of relu(pre), relu(pre) * [pre > theta] at
+                inference  |  relu(pre)
+        x_n^  = f W_dec + b_dec                W_dec (S, D) unit-norm rows, b_dec (D,)
+        x^    = x_n^ / s + mu
+    Public latents z = f / s are in raw units, so x^ = z W_dec + (mu + b_dec / s) whether or not the
+    normalisation has been folded in (save); then mu = 0, s = 1 and the biases absorb it.
+    Loss (normalised space):
+        recon_mse = mean_{B,D} (x_n^ - x_n)^2
+        aux_loss  = ||e - e^||^2 / ||e - mean_B(e)||^2,  e = x_n - x_n^ (detached),
+                    e^ = relu(topk_{aux_k}(pre over dead latents)) W_dec   (no b_dec: sparsify PR #134)
+        l1        = mean_B sum_S f_i ||W_dec,i||
+        loss      = recon_mse + aux_coeff aux_loss + l1_coeff min(1, step / l1_warmup_steps) l1
+    """
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        D, S = cfg.d_in, cfg.n_latents
+        W_dec = torch.empty(S, D)
+        nn.init.kaiming_uniform_(W_dec, a=math.sqrt(5))
+        self.W_dec = nn.Parameter(W_dec / W_dec.norm(dim=1, keepdim=True))
+        self.W_enc = nn.Parameter(self.W_dec.detach().t().clone())     # tied init (Gao et al. 3.2)
+        self.b_enc = nn.Parameter(torch.zeros(S))
+        self.b_dec = nn.Parameter(torch.zeros(D))
+        self.register_buffer("norm_mean", torch.zeros(D))
+        self.register_buffer("norm_scale", torch.ones(()))
+        self.register_buffer("threshold", torch.zeros(()))             # batchtopk inference, normalised units
+        self.register_buffer("tokens_since_fired", torch.zeros(S, dtype=torch.int64))
+        self.register_buffer("n_steps", torch.zeros((), dtype=torch.int64))  # training forwards seen
+        self.topk_impl = "fused"   # 'fused' (_TopKEncode + embedding_bag decode) | 'dense' (reference)
+
+    # ----- set-up and constraints -----
+    @torch.no_grad()
+    def init_from_sample(self, x: torch.Tensor, iters: int = 100):
+        """x (T, D) raw: set mu, s (E||x - mu|| = sqrt(D)), b_dec = geometric median, re-tie W_enc."""
+        x = x.reshape(-1, self.cfg.d_in).double()
+        mu = x.mean(0)
+        s = math.sqrt(self.cfg.d_in) / (x - mu).norm(dim=1).mean().clamp_min(1e-12)
+        xn = (x - mu) * s
+        med = xn.mean(0)                                   # Weiszfeld iterations from the mean
+        for _ in range(iters):
+            w = 1.0 / (xn - med).norm(dim=1).clamp_min(1e-8)
+            new = (w[:, None] * xn).sum(0) / w.sum()
+            done = (new - med).norm() < 1e-6 * math.sqrt(self.cfg.d_in)
+            med = new
+            if done:
+                break
+        self.norm_mean.copy_(mu)
+        self.norm_scale.copy_(s)
+        self.b_dec.copy_(med)
+        self.W_enc.copy_(self.W_dec.t())
+
+    @torch.no_grad()
+    def normalize_decoder(self):
+        """Rescale decoder rows to unit norm; call after optimizer.step()."""
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    @torch.no_grad()
+    def remove_parallel_grad(self):
+        """Drop the part of W_dec.grad along each (unit) row; call between backward() and step()."""
+        if self.W_dec.grad is None:
+            return
+        unit = self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        along = einsum(self.W_dec.grad, unit, "s d, s d -> s")
+        self.W_dec.grad.sub_(along[:, None] * unit)
+
+    @torch.no_grad()
+    def update_dead_stats(self, latents: torch.Tensor):
+        """latents (B, S): add B tokens to every counter, reset those of latents that fired."""
+        self.tokens_since_fired += latents.shape[0]
+        self.tokens_since_fired[(latents != 0).any(0)] = 0
+
+    def dead_mask(self) -> torch.Tensor:
+        """(S,) bool: latents that have not fired in the last cfg.dead_tokens tokens."""
+        return self.tokens_since_fired >= self.cfg.dead_tokens
+
+    # ----- encode / decode -----
+    def _pre(self, x: torch.Tensor):
+        """x (B, D) raw -> (x_n, x_n - b_dec), both (B, D) in normalised space."""
+        x_n = (x.to(self.W_enc.dtype) - self.norm_mean) * self.norm_scale
+        return x_n, x_n - self.b_dec
+
+    def _dense_codes(self, pre: torch.Tensor) -> torch.Tensor:
+        """pre (B, S) -> inference codes f (B, S), normalised units."""
+        if self.cfg.kind == "topk":
+            vals, idx = pre.topk(self.cfg.k, dim=1, sorted=False)
+            return torch.zeros_like(pre).scatter_(1, idx, vals.relu())
+        if self.cfg.kind == "batchtopk":
+            return pre.relu() * (pre > self.threshold)
+        return pre.relu()
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, D) raw -> z (B, S) dense latents in raw units (BatchTopK uses its threshold)."""
+        _, x_in = self._pre(x)
+        return self._dense_codes(torch.addmm(self.b_enc, x_in, self.W_enc)) / self.norm_scale
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, S) raw-unit latents -> x^ (B, D) raw space."""
+        return z @ self.W_dec + (self.norm_mean + self.b_dec / self.norm_scale)
+
+    def _bag(self, idx, vals, offsets=None):
+        """sum_k vals[k] W_dec[idx[k]]: decode touching only the active rows (B*K*D, not B*S*D)."""
+        return F.embedding_bag(idx, self.W_dec, offsets, per_sample_weights=vals.to(self.W_dec.dtype),
+                               mode="sum")
+
+    def forward(self, x: torch.Tensor) -> SAEOutput:
+        """x (B, D) raw activations -> SAEOutput (losses in normalised space)."""
+        cfg, (B, D), S = self.cfg, x.shape, self.cfg.n_latents
+        x_n, x_in = self._pre(x)
+        train = self.training and torch.is_grad_enabled()
+        zero = x_n.new_zeros(())
+        l1, aux = zero, zero
+        if cfg.kind == "topk" and self.topk_impl == "fused":
+            vals, idx = _TopKEncode.apply(x_in, self.W_enc, self.b_enc, cfg.k)   # (B, K)
+            x_hat_n = self._bag(idx, vals) + self.b_dec
+            f = torch.zeros(B, S, device=x.device, dtype=vals.dtype).scatter_(1, idx, vals.detach())
+        elif cfg.kind == "batchtopk" and train:
+            pre = torch.addmm(self.b_enc, x_in, self.W_enc).relu()                # (B, S)
+            vals, flat = pre.flatten().topk(B * cfg.k, sorted=False)             # (B*K,)
+            flat, order = flat.sort()
+            vals, rows = vals[order], flat // S
+            offsets = F.pad(torch.bincount(rows, minlength=B).cumsum(0)[:-1], (1, 0))
+            x_hat_n = self._bag(flat % S, vals, offsets) + self.b_dec
+            f = torch.zeros(B * S, device=x.device, dtype=vals.dtype).scatter_(0, flat, vals.detach()).view(B, S)
+            with torch.no_grad():   # EMA of the smallest kept activation -> inference threshold
+                m = vals[vals > 0].min() if (vals > 0).any() else zero
+                first = self.n_steps == 0
+                self.threshold.copy_(torch.where(first, m, self.threshold + cfg.threshold_lr * (m - self.threshold)))
+        else:
+            f = self._dense_codes(torch.addmm(self.b_enc, x_in, self.W_enc))    # (B, S)
+            x_hat_n = f @ self.W_dec + self.b_dec
+            if cfg.kind == "relu":
+                l1 = (f * self.W_dec.norm(dim=1)).sum(1).mean()
+            f = f.detach()
+        x_hat_n = x_hat_n.float()
+        resid = x_n - x_hat_n
+        recon_mse = resid.pow(2).mean()
+        dead = self.dead_mask()
+        if cfg.kind != "relu" and bool(dead.any()):
+            dead_idx = dead.nonzero().squeeze(1)                                 # (S_dead,)
+            pre_dead = torch.addmm(self.b_enc[dead_idx], x_in, self.W_enc[:, dead_idx])
+            v, i = pre_dead.topk(min(cfg.aux_k, len(dead_idx)), dim=1, sorted=False)
+            e = resid.detach()
+            e_hat = self._bag(dead_idx[i], v.relu()).float()                      # no b_dec
+            aux = (e_hat - e).pow(2).sum() / (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
+        l1_weight = cfg.l1_coeff * min(1.0, (int(self.n_steps) + 1) / max(cfg.l1_warmup_steps, 1))
+        loss = recon_mse + cfg.aux_coeff * aux + (l1_weight * l1 if cfg.kind == "relu" else 0.0)
+        if train:
+            self.n_steps += 1
+        with torch.no_grad():
+            fvu = resid.pow(2).sum() / (x_n - x_n.mean(0)).pow(2).sum().clamp_min(1e-12)
+            l0 = (f != 0).sum(1, dtype=torch.float32).mean()
+        recon = (x_hat_n / self.norm_scale + self.norm_mean).to(x.dtype)
+        return SAEOutput(recon, f / self.norm_scale, loss, recon_mse, aux, l1, l0.item(), fvu.item())
+
+    # ----- save / load (safetensors + JSON, no pickle) -----
+    def save(self, path, fold: bool = True):
+        """Write path/sae.safetensors + path/sae_config.json; fold=True bakes mu, s into the weights."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        t = {k: v.detach().cpu().clone().contiguous() for k, v in self.state_dict().items()}
+        if fold:   # see class docstring: z and x^ unchanged, decoder rows stay unit-norm
+            s = t["norm_scale"]
+            t["b_enc"], t["threshold"] = t["b_enc"] / s, t["threshold"] / s
+            t["b_dec"] = t["norm_mean"] + t["b_dec"] / s
+            t["norm_mean"], t["norm_scale"] = torch.zeros_like(t["norm_mean"]), torch.ones_like(s)
+        save_file(t, str(path / "sae.safetensors"))
+        meta = {"format": "dust3r-sae", "version": 1, "normalisation_folded": fold,
+                "config": dataclasses.asdict(self.cfg)}
+        (path / "sae_config.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, path, device="cpu") -> "SAE":
+        """Read a folder written by `save`; unknown config fields or shape mismatches raise ValueError."""
+        path = Path(path)
+        cfg_file, w_file = path / "sae_config.json", path / "sae.safetensors"
+        meta = json.loads(cfg_file.read_text())
+        fields = {f.name for f in dataclasses.fields(SAEConfig)}
+        extra = set(meta) - {"format", "version", "normalisation_folded", "config"}
+        if meta.get("format") != "dust3r-sae" or meta.get("version") != 1 or extra:
+            raise ValueError(f"{cfg_file}: expected format 'dust3r-sae' version 1, got {meta.get('format')!r} "
+                             f"version {meta.get('version')!r}, unknown keys {sorted(extra)}")
+        unknown = set(meta.get("config", {})) - fields
+        if unknown:
+            raise ValueError(f"{cfg_file}: unknown SAEConfig fields {sorted(unknown)}; expected among {sorted(fields)}")
+        try:
+            sae = cls(SAEConfig(**meta["config"]))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{cfg_file}: invalid SAEConfig: {err}") from None
+        tensors, expected = load_file(str(w_file)), sae.state_dict()
+        if set(tensors) != set(expected):
+            raise ValueError(f"{w_file}: tensors {sorted(tensors)} != expected {sorted(expected)}")
+        for k, v in tensors.items():
+            if v.shape != expected[k].shape:
+                raise ValueError(f"{w_file}: {k} has shape {tuple(v.shape)}, config {cfg_file.name} "
+                                 f"implies {tuple(expected[k].shape)}")
+        sae.load_state_dict(tensors)
+        return sae.to(device)
+
+
+# ----- metrics (training and analysis) -----
+def l0(latents: torch.Tensor) -> float:
+    """Mean number of non-zero latents per token (f != 0, not f > 0: saev logbook)."""
+    return (latents != 0).sum(-1, dtype=torch.float32).mean().item()
+
+
+class FVU:
+    """Streaming FVU = sum ||x - x^||^2 / sum ||x - mean(x)||^2 over all tokens seen, in float64.
+
+    The baseline is the error of predicting the per-dimension mean of the same set (Gao et al.'s
+    normalised MSE; saev), never variance about zero (SAELens #659): SSE_base = sum ||x||^2 - ||sum x||^2 / N.
+    """
+
+    def __init__(self):
+        self.n, self.sum_x, self.sum_sq, self.sse = 0, None, 0.0, 0.0
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor, x_hat: torch.Tensor):
+        x, x_hat = x.reshape(-1, x.shape[-1]).double(), x_hat.reshape(-1, x.shape[-1]).double()
+        self.n += x.shape[0]
+        self.sum_x = x.sum(0) if self.sum_x is None else self.sum_x + x.sum(0)
+        self.sum_sq += x.pow(2).sum().item()
+        self.sse += (x - x_hat).pow(2).sum().item()
+
+    def compute(self) -> float:
+        base = self.sum_sq - self.sum_x.pow(2).sum().item() / self.n
+        return self.sse / base if base > 0 else float("nan")
+
+
+class FiringStats:
+    """Per-latent firing counts over an evaluation set: frequency, dead (never fired), dense (> 1 %)."""
+
+    def __init__(self, n_latents: int):
+        self.counts, self.n_tokens = torch.zeros(n_latents, dtype=torch.float64), 0
+
+    @torch.no_grad()
+    def update(self, latents: torch.Tensor):
+        self.counts += (latents != 0).sum(0).double().cpu()
+        self.n_tokens += latents.shape[0]
+
+    def frequency(self) -> torch.Tensor:
+        """(S,) fraction of tokens on which each latent fired; sums to the mean L0."""
+        return self.counts / max(self.n_tokens, 1)
+
+    def n_dead(self) -> int:
+        return int((self.counts == 0).sum())
+
+    def n_dense(self, thresh: float = 1e-2) -> int:
+        return int((self.frequency() > thresh).sum())
+
+    def histogram(self, bins: int = 60, lo: float = -8.0):
+        """Feature-density histogram of log10 frequency (never-fired latents in the first bin)."""
+        logf = torch.log10(self.frequency().clamp_min(10 ** lo)).numpy()
+        return np.histogram(logf, bins=bins, range=(lo, 0.0))
