@@ -1,14 +1,13 @@
 """SAE training throughput (tokens/s) on cached-style activations, at the real DUSt3R sizes.
 
-Run from the repo root (it imports models.sae):
-
 Random fp16 tokens stand in for an activation cache: they are written once to a memory-mapped file
 and every step reads its batch from there (fp16 -> fp32 on the device), as training from the cache
 does (the file sits in the page cache, so this times the copy and conversion, not a disk).
 One training step = forward, backward, parallel-gradient removal, grad-norm clip 1.0, Adam step,
-decoder renormalisation, dead-latent update. Sizes: d = 1024 (encoder), 768 (decoder), 16x width, k = 32.
+decoder renormalisation, dead-latent update; reported: the median over the timed steps.
+Sizes: d = 1024 (encoder), 768 (decoder), 16x width, k = 32. Run from the repo root:
 
-    /tmp/venv/bin/python -m bench.bench_sae --out results/bench_sae_cpu.json          # CPU, ~2 min on 2 cores
+    /tmp/venv/bin/python -m bench.bench_sae --threads 1 --steps 5 --out results/bench_sae_cpu.json  # CPU, ~2 min
     python -m bench.bench_sae --device=cuda --bf16 --out results/bench_sae_cuda.json  # GPU, bf16 autocast
 
 Variants: topk (fused sparse encoder backward + embedding_bag decode), topk-dense (reference:
@@ -88,7 +87,7 @@ for d in [int(v) for v in args.dims.split(",")]:
         n_dead = int(args.dead_frac * cfg.n_latents)
         sae.tokens_since_fired[:n_dead] = cfg.dead_tokens     # stays dead unless they fire
         opt = torch.optim.Adam(sae.parameters(), lr=2e-4)
-        t_read, t_total = 0.0, 0.0
+        t_read, t_step = [], []
         for step in range(args.warmup + steps):
             sync()
             t0 = time.perf_counter()
@@ -110,12 +109,13 @@ for d in [int(v) for v in args.dims.split(",")]:
             sync()
             t2 = time.perf_counter()
             if step >= args.warmup:
-                t_read += t1 - t0
-                t_total += t2 - t0
+                t_read.append(t1 - t0)
+                t_step.append(t2 - t0)
+        med = float(np.median(t_step))   # median: robust to other jobs on a shared machine
         rows.append({"d_in": d, "n_latents": cfg.n_latents, "k": args.k, "variant": variant, "batch": batch,
                      "bf16": args.bf16, "steps": steps, "dead_frac": args.dead_frac,
-                     "ms_per_step": 1000 * t_total / steps, "read_share": t_read / t_total,
-                     "tokens_per_s": batch * steps / t_total, "l0": out.l0, "fvu": out.fvu})
+                     "ms_per_step": 1000 * med, "ms_per_step_mean": 1000 * float(np.mean(t_step)),
+                     "read_share": float(np.median(t_read)) / med, "tokens_per_s": batch / med, "l0": out.l0, "fvu": out.fvu})
         r = rows[-1]
         print(f"d={d:5d} S={cfg.n_latents:6d} {variant:11s} B={batch:6d} {'bf16' if args.bf16 else 'fp32'} "
               f"{r['ms_per_step']:9.1f} ms/step {r['tokens_per_s']:10.0f} tok/s  read {100 * r['read_share']:4.1f}%",
@@ -123,8 +123,9 @@ for d in [int(v) for v in args.dims.split(",")]:
         del sae, opt, out
     del cache
 
-info = {"device": hardware(), "torch": torch.__version__, "command": " ".join(sys.argv), "results": rows}
-print(f"\n{info['device']}; torch {info['torch']}")
+info = {"device": hardware(), "torch": torch.__version__, "command": " ".join(sys.argv),
+        "loadavg_1min_at_end": os.getloadavg()[0], "results": rows}
+print(f"\n{info['device']}; torch {info['torch']}; 1-min load average at end {info['loadavg_1min_at_end']:.1f}")
 print(f"{'d_in':>5} {'latents':>7} {'variant':>11} {'batch':>6} {'ms/step':>9} {'tokens/s':>10} {'read %':>6}")
 for r in rows:
     print(f"{r['d_in']:5d} {r['n_latents']:7d} {r['variant']:>11} {r['batch']:6d} {r['ms_per_step']:9.1f} "

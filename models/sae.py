@@ -62,9 +62,10 @@ class SAEOutput(NamedTuple):
 class _TopKEncode(torch.autograd.Function):
     """relu(topk(x_in @ W_enc + b_enc)) with a sparse backward.
 
-    Only K of the S pre-activations per token get a gradient, so the input gradient is a K-row
-    gather (embedding_bag) and b_dec's is W_enc @ grad_b_enc: one dense matmul in the backward
-    (grad W_enc) instead of two. The (B, S) pre-activations are not kept for the backward.
+    Only K of the S pre-activations per token get a gradient, so no (B, S) tensor is kept or built
+    in the backward: grad x_in is a K-row gather per token and grad W_enc a gather of the tokens that
+    chose each latent, both as embedding_bag (B*K*D work instead of two B*S*D matmuls; sparsify's
+    fused encoder does the same). The sparse parts run in fp32 even under autocast.
     """
 
     @staticmethod
@@ -78,16 +79,20 @@ class _TopKEncode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_vals, _g_idx):
         x_in, W_enc, idx, vals = ctx.saved_tensors
-        g = (g_vals * (vals > 0)).to(vals.dtype)           # (B, K) relu after top-k
-        g_pre = torch.zeros(x_in.shape[0], W_enc.shape[1], dtype=g.dtype, device=g.device)
-        g_pre.scatter_(1, idx, g)                          # (B, S), K non-zeros per row
-        grad_W = (x_in.to(g.dtype).t() @ g_pre).to(W_enc.dtype)   # (D, S)
-        grad_b = g_pre.sum(0, dtype=torch.float32).to(W_enc.dtype)
+        (B, K), S = idx.shape, W_enc.shape[1]
+        g = (g_vals * (vals > 0)).to(W_enc.dtype)          # (B, K), relu after top-k
+        flat = idx.flatten()                               # (B*K,) latent of each entry
+        order = flat.argsort()                             # group entries by latent
+        offsets = F.pad(torch.bincount(flat, minlength=S).cumsum(0)[:-1], (1, 0))   # (S,)
+        tokens = torch.arange(B, device=idx.device).repeat_interleave(K)[order]
+        grad_W = F.embedding_bag(tokens, x_in.to(W_enc.dtype), offsets, mode="sum",
+                                 per_sample_weights=g.flatten()[order])           # (S, D)
+        grad_b = torch.zeros(S, dtype=W_enc.dtype, device=g.device).index_add_(0, flat, g.flatten())
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = F.embedding_bag(idx, W_enc.t().contiguous(), per_sample_weights=g.to(W_enc.dtype),
-                                     mode="sum").to(x_in.dtype)
-        return grad_x, grad_W, grad_b, None
+            grad_x = F.embedding_bag(idx, W_enc.t().contiguous(), per_sample_weights=g,
+                                     mode="sum").to(x_in.dtype)                    # (B, D)
+        return grad_x, grad_W.t().contiguous(), grad_b, None
 
 
 class SAE(nn.Module):
@@ -116,7 +121,7 @@ class SAE(nn.Module):
         W_dec = torch.empty(S, D)
         nn.init.kaiming_uniform_(W_dec, a=math.sqrt(5))
         self.W_dec = nn.Parameter(W_dec / W_dec.norm(dim=1, keepdim=True))
-        self.W_enc = nn.Parameter(self.W_dec.detach().t().clone())     # tied init (Gao et al. 3.2)
+        self.W_enc = nn.Parameter(self.W_dec.detach().t().clone())     # tied init (Gao et al. 2024)
         self.b_enc = nn.Parameter(torch.zeros(S))
         self.b_dec = nn.Parameter(torch.zeros(D))
         self.register_buffer("norm_mean", torch.zeros(D))
@@ -128,12 +133,14 @@ class SAE(nn.Module):
 
     # ----- set-up and constraints -----
     @torch.no_grad()
-    def init_from_sample(self, x: torch.Tensor, iters: int = 100):
-        """x (T, D) raw: set mu, s (E||x - mu|| = sqrt(D)), b_dec = geometric median, re-tie W_enc."""
-        x = x.reshape(-1, self.cfg.d_in).double()
-        mu = x.mean(0)
-        s = math.sqrt(self.cfg.d_in) / (x - mu).norm(dim=1).mean().clamp_min(1e-12)
-        xn = (x - mu) * s
+    def init_from_sample(self, x: torch.Tensor, median_tokens: int = 32768, iters: int = 100):
+        """x (T, D) raw: set mu and s (E||x - mu|| = sqrt(D)) from all T tokens (anchors: ~500k), b_dec
+        to the geometric median of the first `median_tokens` (openai: 32,768), and re-tie W_enc."""
+        x = x.reshape(-1, self.cfg.d_in)
+        chunks = x.split(65536)                            # float64 sums without a float64 copy of x
+        mu = sum(c.double().sum(0) for c in chunks) / len(x)
+        s = math.sqrt(self.cfg.d_in) * len(x) / sum((c.double() - mu).norm(dim=1).sum() for c in chunks)
+        xn = (x[:median_tokens].double() - mu) * s
         med = xn.mean(0)                                   # Weiszfeld iterations from the mean
         for _ in range(iters):
             w = 1.0 / (xn - med).norm(dim=1).clamp_min(1e-8)
@@ -163,9 +170,15 @@ class SAE(nn.Module):
 
     @torch.no_grad()
     def update_dead_stats(self, latents: torch.Tensor):
-        """latents (B, S): add B tokens to every counter, reset those of latents that fired."""
-        self.tokens_since_fired += latents.shape[0]
-        self.tokens_since_fired[(latents != 0).any(0)] = 0
+        """latents (B, S): add B tokens to every counter, reset those of latents that fired.
+
+        Under torch.distributed this is a collective (every rank must call it each step): firing and
+        token counts are summed over ranks so all ranks share one dead mask."""
+        stats = torch.cat([(latents != 0).any(0).long(), latents.new_full((1,), latents.shape[0]).long()])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(stats)
+        self.tokens_since_fired += stats[-1]
+        self.tokens_since_fired[stats[:-1] > 0] = 0
 
     def dead_mask(self) -> torch.Tensor:
         """(S,) bool: latents that have not fired in the last cfg.dead_tokens tokens."""
@@ -210,7 +223,8 @@ class SAE(nn.Module):
         if cfg.kind == "topk" and self.topk_impl == "fused":
             vals, idx = _TopKEncode.apply(x_in, self.W_enc, self.b_enc, cfg.k)   # (B, K)
             x_hat_n = self._bag(idx, vals) + self.b_dec
-            f = torch.zeros(B, S, device=x.device, dtype=vals.dtype).scatter_(1, idx, vals.detach())
+            z = vals.new_zeros(B, S).scatter_(1, idx, vals.detach() / self.norm_scale)       # (B, S)
+            n_active = (vals != 0).sum()
         elif cfg.kind == "batchtopk" and train:
             pre = torch.addmm(self.b_enc, x_in, self.W_enc).relu()                # (B, S)
             vals, flat = pre.flatten().topk(B * cfg.k, sorted=False)             # (B*K,)
@@ -218,17 +232,19 @@ class SAE(nn.Module):
             vals, rows = vals[order], flat // S
             offsets = F.pad(torch.bincount(rows, minlength=B).cumsum(0)[:-1], (1, 0))
             x_hat_n = self._bag(flat % S, vals, offsets) + self.b_dec
-            f = torch.zeros(B * S, device=x.device, dtype=vals.dtype).scatter_(0, flat, vals.detach()).view(B, S)
+            z = vals.new_zeros(B * S).scatter_(0, flat, vals.detach() / self.norm_scale)
+            z, n_active = z.view(B, S), (vals != 0).sum()
             with torch.no_grad():   # EMA of the smallest kept activation -> inference threshold
-                m = vals[vals > 0].min() if (vals > 0).any() else zero
-                first = self.n_steps == 0
-                self.threshold.copy_(torch.where(first, m, self.threshold + cfg.threshold_lr * (m - self.threshold)))
+                m = torch.where(vals > 0, vals, torch.inf).min().float()
+                m = torch.where(torch.isinf(m), self.threshold, m)        # nothing fired: keep it
+                ema = self.threshold + cfg.threshold_lr * (m - self.threshold)
+                self.threshold.copy_(torch.where(self.n_steps == 0, m, ema))
         else:
             f = self._dense_codes(torch.addmm(self.b_enc, x_in, self.W_enc))    # (B, S)
             x_hat_n = f @ self.W_dec + self.b_dec
             if cfg.kind == "relu":
                 l1 = (f * self.W_dec.norm(dim=1)).sum(1).mean()
-            f = f.detach()
+            z, n_active = f.detach() / self.norm_scale, (f != 0).sum()
         x_hat_n = x_hat_n.float()
         resid = x_n - x_hat_n
         recon_mse = resid.pow(2).mean()
@@ -240,15 +256,17 @@ class SAE(nn.Module):
             e = resid.detach()
             e_hat = self._bag(dead_idx[i], v.relu()).float()                      # no b_dec
             aux = (e_hat - e).pow(2).sum() / (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
-        l1_weight = cfg.l1_coeff * min(1.0, (int(self.n_steps) + 1) / max(cfg.l1_warmup_steps, 1))
-        loss = recon_mse + cfg.aux_coeff * aux + (l1_weight * l1 if cfg.kind == "relu" else 0.0)
+        loss = recon_mse + cfg.aux_coeff * aux
+        if cfg.kind == "relu":   # linear warm-up of the L1 weight, as a tensor op (no host sync)
+            warm = ((self.n_steps + 1) / max(cfg.l1_warmup_steps, 1)).clamp(max=1.0)
+            loss = loss + cfg.l1_coeff * warm * l1
         if train:
             self.n_steps += 1
-        with torch.no_grad():
+        with torch.no_grad():    # one host sync for both logged floats
             fvu = resid.pow(2).sum() / (x_n - x_n.mean(0)).pow(2).sum().clamp_min(1e-12)
-            l0 = (f != 0).sum(1, dtype=torch.float32).mean()
+            l0, fvu = torch.stack([n_active.float() / B, fvu.float()]).tolist()
         recon = (x_hat_n / self.norm_scale + self.norm_mean).to(x.dtype)
-        return SAEOutput(recon, f / self.norm_scale, loss, recon_mse, aux, l1, l0.item(), fvu.item())
+        return SAEOutput(recon, z, loss, recon_mse, aux, l1, l0, fvu)
 
     # ----- save / load (safetensors + JSON, no pickle) -----
     def save(self, path, fold: bool = True):
@@ -271,20 +289,29 @@ class SAE(nn.Module):
         """Read a folder written by `save`; unknown config fields or shape mismatches raise ValueError."""
         path = Path(path)
         cfg_file, w_file = path / "sae_config.json", path / "sae.safetensors"
-        meta = json.loads(cfg_file.read_text())
+        try:
+            meta = json.loads(cfg_file.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{cfg_file}: not valid JSON ({err})") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+            raise ValueError(f"{cfg_file}: expected a JSON object with a 'config' object")
         fields = {f.name for f in dataclasses.fields(SAEConfig)}
         extra = set(meta) - {"format", "version", "normalisation_folded", "config"}
         if meta.get("format") != "dust3r-sae" or meta.get("version") != 1 or extra:
             raise ValueError(f"{cfg_file}: expected format 'dust3r-sae' version 1, got {meta.get('format')!r} "
                              f"version {meta.get('version')!r}, unknown keys {sorted(extra)}")
-        unknown = set(meta.get("config", {})) - fields
+        unknown = set(meta["config"]) - fields
         if unknown:
-            raise ValueError(f"{cfg_file}: unknown SAEConfig fields {sorted(unknown)}; expected among {sorted(fields)}")
+            raise ValueError(f"{cfg_file}: unknown SAEConfig fields {sorted(unknown)}; "
+                             f"expected among {sorted(fields)}")
         try:
             sae = cls(SAEConfig(**meta["config"]))
         except (TypeError, ValueError) as err:
             raise ValueError(f"{cfg_file}: invalid SAEConfig: {err}") from None
-        tensors, expected = load_file(str(w_file)), sae.state_dict()
+        try:
+            tensors, expected = load_file(str(w_file)), sae.state_dict()
+        except Exception as err:   # safetensors' own errors do not name the file
+            raise ValueError(f"{w_file}: cannot read safetensors ({err})") from None
         if set(tensors) != set(expected):
             raise ValueError(f"{w_file}: tensors {sorted(tensors)} != expected {sorted(expected)}")
         for k, v in tensors.items():

@@ -1,0 +1,273 @@
+"""Tests for models/sae.py: dictionary recovery, sparsity invariants, constraints, save/load, metrics.
+
+Run: /tmp/venv/bin/python -m pytest -q tests/test_sae.py   (about 15 s on a 2-core CPU)
+"""
+import json
+
+import pytest
+import torch
+
+from models.sae import FVU, SAE, FiringStats, SAEConfig, l0
+
+D, A, K_TRUE = 32, 64, 3      # synthetic data: D dims, A unit atoms, K_TRUE active atoms per token
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The CI/dev machine has 2 shared cores; oversubscribed OpenMP threads slow these tiny ops 10x."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_atoms(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    atoms = torch.randn(A, D, generator=g)
+    return atoms / atoms.norm(dim=1, keepdim=True), g
+
+
+def sample(atoms, g, n):
+    """Tokens = K_TRUE atoms with coefficients in [0.5, 1.5], plus an offset (non-zero mean)."""
+    idx = torch.rand(n, A, generator=g).argsort(1)[:, :K_TRUE]
+    codes = torch.zeros(n, A).scatter_(1, idx, torch.rand(n, K_TRUE, generator=g) + 0.5)
+    return codes @ atoms + 3.0
+
+
+def train(sae, atoms, g, steps, lr=3e-3, batch=256):
+    opt = torch.optim.Adam(sae.parameters(), lr=lr)
+    for _ in range(steps):
+        out = sae(sample(atoms, g, batch))
+        opt.zero_grad()
+        out.loss.backward()
+        sae.remove_parallel_grad()
+        opt.step()
+        sae.normalize_decoder()
+        sae.update_dead_stats(out.latents)
+    return out
+
+
+def fresh(kind="topk", seed=0, **kw):
+    torch.manual_seed(seed)
+    atoms, g = make_atoms(seed)
+    kw = {"k": K_TRUE, "aux_k": 16, "dead_tokens": 256 * 20, **kw}
+    sae = SAE(SAEConfig(d_in=D, n_latents=128, kind=kind, **kw))
+    sae.init_from_sample(sample(atoms, g, 4096))
+    return sae, atoms, g
+
+
+def frac_recovered(sae, atoms, thresh=0.9):
+    cos = atoms @ sae.W_dec.detach().T          # (A, S), rows of both unit norm
+    return (cos.max(1).values > thresh).float().mean().item()
+
+
+@pytest.mark.parametrize("kind,steps,kw", [("topk", 400, {}),
+                                           ("relu", 800, {"l1_coeff": 0.1, "l1_warmup_steps": 100})])
+def test_recovers_most_atoms(kind, steps, kw):
+    sae, atoms, g = fresh(kind, **kw)
+    assert frac_recovered(sae, atoms) < 0.2     # random init does not already match
+    out = train(sae, atoms, g, steps)
+    assert frac_recovered(sae, atoms) >= 0.85
+    assert out.fvu < 0.4
+
+
+def test_topk_exactly_k_nonzeros():
+    sae, atoms, g = fresh("topk", k=5)
+    x = sample(atoms, g, 300)
+    for impl in ("fused", "dense"):
+        sae.topk_impl = impl
+        out = sae(x)
+        assert ((out.latents != 0).sum(1) == 5).all() and out.l0 == 5.0
+    assert ((sae.encode(x) != 0).sum(1) == 5).all()
+
+
+def test_fused_topk_matches_dense_reference():
+    sae, atoms, g = fresh("topk")
+    sae.tokens_since_fired[:40] = 10 ** 9          # some dead latents so AuxK is exercised too
+    x = sample(atoms, g, 200)
+    res = {}
+    for impl in ("fused", "dense"):
+        sae.topk_impl = impl
+        sae.zero_grad()
+        out = sae(x)
+        out.loss.backward()
+        res[impl] = (out, {n: p.grad.clone() for n, p in sae.named_parameters()})
+    (o1, g1), (o2, g2) = res["fused"], res["dense"]
+    assert torch.allclose(o1.recon, o2.recon, atol=1e-5) and torch.allclose(o1.loss, o2.loss, atol=1e-6)
+    for n in g1:
+        assert torch.allclose(g1[n], g2[n], atol=1e-6), n
+
+
+def test_bf16_autocast_runs_with_fp32_grads():
+    sae, atoms, g = fresh("topk")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sae(sample(atoms, g, 64))
+    out.loss.backward()
+    for p in sae.parameters():
+        assert p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+    assert out.fvu < 1.5
+
+
+def test_batchtopk_mean_k_in_training_threshold_at_inference():
+    sae, atoms, g = fresh("batchtopk", k=4)
+    out = train(sae, atoms, g, 200)
+    assert out.l0 == 4.0                          # exactly B*K active over the batch ...
+    assert (out.latents != 0).sum(1).float().std() > 0   # ... but not K on every token
+    theta = sae.threshold.item()
+    assert theta > 0
+    sae.eval()
+    x = sample(atoms, g, 2000)
+    z = sae.encode(x)
+    pre = ((x - sae.norm_mean) * sae.norm_scale - sae.b_dec) @ sae.W_enc + sae.b_enc
+    ref = torch.where(pre > theta, pre, torch.zeros_like(pre)) / sae.norm_scale
+    assert torch.allclose(z, ref, atol=1e-5)
+    assert 2.0 < l0(z) < 8.0                      # the threshold keeps about K per token
+    assert torch.allclose(sae(x).latents, z)     # eval-mode forward uses the threshold too
+
+
+def test_unit_norm_rows_and_parallel_grad_removed():
+    sae, atoms, g = fresh("topk")
+    out = sae(sample(atoms, g, 128))
+    out.loss.backward()
+    along = (sae.W_dec.grad * sae.W_dec).sum(1)
+    assert along.abs().max() > 1e-6               # the raw gradient has a parallel part
+    sae.remove_parallel_grad()
+    assert (sae.W_dec.grad * sae.W_dec).sum(1).abs().max() < 1e-6
+    train(sae, atoms, g, 20, lr=1e-2)
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(128), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["topk", "batchtopk", "relu"])
+def test_save_load_identical_on_raw_activations(tmp_path, kind):
+    sae, atoms, g = fresh(kind)
+    train(sae, atoms, g, 30)
+    sae.eval()
+    x = sample(atoms, g, 500) * 7.0 - 2.0          # arbitrary raw scale and offset
+    sae.init_from_sample(x)  # non-trivial mu, s: fold must absorb them
+    assert abs(sae.norm_scale.item() - 1.0) > 0.1 and sae.norm_mean.abs().max() > 1.0
+    sae.save(tmp_path / "a")
+    sae.save(tmp_path / "b", fold=False)
+    a, b = SAE.load(tmp_path / "a"), SAE.load(tmp_path / "b")
+    assert a.norm_scale.item() == 1.0 and a.norm_mean.abs().max() == 0.0
+    assert torch.allclose(a.W_dec.norm(dim=1), torch.ones(128), atol=1e-5)
+    with torch.no_grad():
+        for m in (a, b):
+            m.eval()
+            assert torch.allclose(m(x).recon, sae(x).recon, atol=1e-4, rtol=1e-5)
+            assert torch.allclose(m.encode(x), sae.encode(x), atol=1e-5, rtol=1e-5)
+            assert torch.allclose(m.decode(m.encode(x)), sae(x).recon, atol=1e-4, rtol=1e-5)
+
+
+def test_load_validates_config(tmp_path):
+    sae, _, _ = fresh("topk")
+    sae.save(tmp_path)
+    meta = json.loads((tmp_path / "sae_config.json").read_text())
+    meta["config"]["bogus"] = 1
+    (tmp_path / "sae_config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="sae_config.json.*bogus"):
+        SAE.load(tmp_path)
+    del meta["config"]["bogus"]
+    meta["config"]["n_latents"] = 64             # weights on disk have 128 latents
+    (tmp_path / "sae_config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="sae.safetensors.*shape"):
+        SAE.load(tmp_path)
+
+
+def test_fvu_centred_streaming_float64():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1000, 16, generator=g) * 0.1 + 5.0       # mean far from zero
+    f = FVU(); f.update(x, x)
+    assert f.compute() == 0.0
+    f = FVU(); f.update(x, x.mean(0, keepdim=True).expand_as(x))
+    assert abs(f.compute() - 1.0) < 1e-9
+    x_hat = x + torch.randn(1000, 16, generator=g) * 0.05
+    f = FVU()
+    for chunk in range(0, 1000, 300):                         # streaming == one shot
+        f.update(x[chunk:chunk + 300], x_hat[chunk:chunk + 300])
+    xd, xhd = x.double(), x_hat.double()
+    ref = ((xd - xhd) ** 2).sum() / ((xd - xd.mean(0)) ** 2).sum()
+    assert abs(f.compute() - ref.item()) < 1e-9
+    assert 0.1 < f.compute() < 0.5                            # variance about zero would give ~1e-4
+
+
+def test_auxk_only_when_dead_latents():
+    sae, atoms, g = fresh("topk")
+    x = sample(atoms, g, 128)
+    out = sae(x)
+    assert out.aux_loss.item() == 0.0 and not sae.dead_mask().any()
+    sae.tokens_since_fired[:50] = sae.cfg.dead_tokens
+    out = sae(x)
+    assert out.aux_loss.item() > 0
+    with torch.no_grad():   # AuxK as in Gao et al. 2024: normalised MSE of the residual, no b_dec in e^
+        x_n = (x - sae.norm_mean) * sae.norm_scale
+        e = x_n - ((out.recon - sae.norm_mean) * sae.norm_scale)
+        pre = (x_n - sae.b_dec) @ sae.W_enc[:, :50] + sae.b_enc[:50]
+        v, i = pre.topk(16, dim=1)
+        e_hat = torch.einsum("bk,bkd->bd", v.relu(), sae.W_dec[:50][i])
+        ref = ((e_hat - e) ** 2).sum() / ((e - e.mean(0)) ** 2).sum()
+    assert torch.allclose(out.aux_loss, ref, rtol=1e-4)
+    sae.zero_grad()
+    (sae.cfg.aux_coeff * out.aux_loss).backward()
+    assert sae.W_enc.grad[:, 50:].abs().max() == 0 and sae.W_enc.grad[:, :50].abs().max() > 0
+
+
+def test_dead_latents_counted_in_tokens():
+    sae, _, _ = fresh("topk", dead_tokens=100)
+    z = torch.zeros(30, 128)
+    z[:, 0] = 1.0                                  # latent 0 fires on every batch
+    for i in range(3):
+        sae.update_dead_stats(z)
+    assert sae.dead_mask().sum() == 0              # 90 tokens < 100
+    sae.update_dead_stats(z[:10])                  # a smaller batch: counts tokens, not steps
+    assert sae.dead_mask().sum() == 127 and not sae.dead_mask()[0]
+
+
+def test_l1_warmup_and_firing_stats():
+    sae, atoms, g = fresh("relu", l1_coeff=0.2, l1_warmup_steps=10)
+    out = sae(sample(atoms, g, 64))                # first training forward: weight = coeff / 10
+    assert torch.allclose(out.loss, out.recon_mse + 0.02 * out.l1) and out.l1 > 0
+    z = torch.zeros(1000, 5)
+    z[:500, 0], z[:5, 1], z[0, 2] = 1.0, 2.0, -1.0
+    st = FiringStats(5); st.update(z[:400]); st.update(z[400:])
+    assert torch.allclose(st.frequency(), torch.tensor([0.5, 0.005, 0.001, 0, 0], dtype=torch.float64))
+    assert st.n_dense() == 1 and st.n_dead() == 2 and st.histogram()[0].sum() == 5
+    assert abs(st.frequency().sum().item() - l0(z)) < 1e-6
+
+
+def test_init_normalisation_and_geometric_median():
+    g = torch.Generator().manual_seed(0)
+    c = torch.randn(D, generator=g) * 5
+    x = c + 0.1 * torch.randn(1000, D, generator=g)
+    x = torch.cat([x, c + 100.0 * torch.eye(D)[:1].expand(50, D)])   # 5 % far outliers
+    sae = SAE(SAEConfig(d_in=D, n_latents=64, k=4))
+    sae.init_from_sample(x)
+    x_n = (x - sae.norm_mean) * sae.norm_scale
+    assert abs(x_n.norm(dim=1).mean().item() - D ** 0.5) < 1e-3
+    assert torch.allclose(x_n.mean(0), torch.zeros(D), atol=1e-4)
+    centre = sae.b_dec.detach() / sae.norm_scale + sae.norm_mean      # b_dec in raw space
+    assert (centre - c).norm() < 0.2 < (x.mean(0) - c).norm()         # median, not mean
+    assert torch.equal(sae.W_enc, sae.W_dec.T)                       # tied
+
+
+def _dead_stats_worker(rank, port, out_dir):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    sae = SAE(SAEConfig(d_in=4, n_latents=6, k=1, dead_tokens=50))
+    z = torch.zeros(10 * (rank + 1), 6)        # rank 0: 10 tokens, rank 1: 20 tokens per step
+    z[:, rank] = 1.0                           # latent 0 fires on rank 0 only, latent 1 on rank 1 only
+    for _ in range(2):
+        sae.update_dead_stats(z)
+    (out_dir / f"rank{rank}.json").write_text(json.dumps(sae.tokens_since_fired.tolist()))
+    dist.destroy_process_group()
+
+
+def test_dead_stats_shared_across_ranks(tmp_path):
+    import socket
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_dead_stats_worker, args=(port, tmp_path), nprocs=2)
+    for r in (0, 1):   # 2 steps x 30 tokens over both ranks; latents 0, 1 fired somewhere
+        assert json.loads((tmp_path / f"rank{r}.json").read_text()) == [0, 0, 60, 60, 60, 60]
