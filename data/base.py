@@ -1,0 +1,102 @@
+"""Common pair-dataset logic: resolutions, DUSt3R's per-item RNG protocol, bad-file accounting.
+
+Subclasses implement `__len__` and `_get_views(idx, resolution, rng) -> [view0, view1]` (views
+from `views.finish_view`, still in real orientation). This class then adds `idx`, transposes
+portrait views to landscape and draws the `rng` check bytes, in DUSt3R's order.
+
+Bad input: a subclass raises `UnreadableFile` for a file it cannot decode. The pair is skipped with
+a warning, marked in a shared bitmap (visible across DataLoader workers) and replaced by the next
+readable pair; once more than `max_bad_fraction` of all pairs are bad, loading fails.
+"""
+import warnings
+
+import numpy as np
+import torch
+
+from data.views import parse_resolution, transpose_to_landscape
+
+
+class UnreadableFile(OSError):
+    """A dataset file that exists in the index but cannot be read or decoded."""
+
+
+def read_or_raise(fn, path, what):
+    """fn(path) with any decode error turned into UnreadableFile naming the file and what it is."""
+    try:
+        return fn(path)
+    except Exception as err:  # decoders raise many types (OSError, ValueError, BadZipFile, ...)
+        raise UnreadableFile(f"cannot read {what} {path}: {err}") from err
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """Base of all pair datasets; see the module docstring."""
+
+    name = "pairs"
+
+    def __init__(self, resolution=224, seed=0, aug_crop=0, max_bad_fraction=0.05):
+        self.resolutions = parse_resolution(resolution)
+        # ours differs from DUSt3R in one place: DUSt3R tests `if self.seed`, so seed=0 is unseeded
+        # there; here any int is a seed and only None means "per-worker torch seed".
+        self.seed = seed
+        self.aug_crop = int(aug_crop)
+        self.max_bad_fraction = float(max_bad_fraction)
+        self._bad = None  # shared bool bitmap, created lazily once len() is known
+        self.bad_reasons = {}  # pair idx -> message (this process only)
+
+    def _bad_mask(self):
+        if self._bad is None:
+            self._bad = torch.zeros(len(self), dtype=torch.bool).share_memory_()
+        return self._bad
+
+    @property
+    def bad_items(self):
+        """Number of pairs skipped so far because a file was unreadable (all workers)."""
+        return int(self._bad_mask().sum())
+
+    def summary(self):
+        n_bad = self.bad_items
+        return dict(dataset=self.name, pairs=len(self), bad_items=n_bad,
+                    bad_fraction=n_bad / max(len(self), 1), max_bad_fraction=self.max_bad_fraction,
+                    examples=list(self.bad_reasons.values())[:5])
+
+    def __getitem__(self, index):
+        idx, ar_idx = (index if isinstance(index, (tuple, list)) else (index, 0))
+        idx, ar_idx = int(idx), int(ar_idx)
+        if not 0 <= idx < len(self):
+            raise IndexError(f"pair index {idx} out of range for {self.name} with {len(self)} pairs")
+        bad = self._bad_mask()
+        for step in range(len(self)):
+            j = (idx + step) % len(self)  # deterministic replacement: the next readable pair
+            if bad[j]:
+                continue
+            try:
+                return self._item(j, ar_idx)
+            except UnreadableFile as err:
+                bad[j] = True
+                self.bad_reasons[j] = str(err)
+                warnings.warn(f"{self.name}: skipping pair {j}: {err}")
+                if int(bad.sum()) > self.max_bad_fraction * len(self):
+                    raise RuntimeError(f"{self.name}: {int(bad.sum())} of {len(self)} pairs have unreadable files, "
+                                       f"more than max_bad_fraction={self.max_bad_fraction}; last: {err}") from err
+        raise RuntimeError(f"{self.name}: no readable pair left")
+
+    def _item(self, idx, ar_idx):
+        if self.seed is not None:
+            rng = np.random.default_rng(seed=self.seed + idx)
+        else:
+            if not hasattr(self, "_rng"):
+                self._rng = np.random.default_rng(seed=torch.initial_seed())  # differs per worker
+            rng = self._rng
+        views = self._get_views(idx, self.resolutions[ar_idx], rng)
+        for v, view in enumerate(views):
+            view["idx"] = (idx, ar_idx, v)
+        for view in views:
+            transpose_to_landscape(view)
+            view["rng"] = int.from_bytes(rng.bytes(4), "big")  # DUSt3R's RNG-state check value
+        return tuple(views)
+
+    def _get_views(self, idx, resolution, rng):
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"{type(self).__name__}({len(self)} pairs, resolution={self.resolutions}, seed={self.seed})"
