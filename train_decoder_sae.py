@@ -1,0 +1,210 @@
+"""Train a sparse autoencoder (SAE) on DUSt3R *decoder* tokens, streamed from a frozen DUSt3R.
+
+    python train_decoder_sae.py                                  # the defaults below (one GPU; CPU works, slowly)
+    python train_decoder_sae.py --hook=dec_blocks2.11 --k=64     # any constant below: --key=value
+    python train_decoder_sae.py sweep.yaml --seed=1              # flat YAML overrides, then the command line
+    python train_decoder_sae.py --checkpoint=/path/to/DUSt3R_ViTLarge_BaseDecoder_224_linear.pth   # offline
+    torchrun --nproc_per_node=4 train_decoder_sae.py             # DDP: each rank runs DUSt3R on its share of pairs
+    # CPU smoke run, ~10 s: tiny random-weight DUSt3R, a complete run folder
+    python train_decoder_sae.py --checkpoint=random-tiny --hook='dec_blocks*.1' --train_tokens=3072 --batch_size=256 \
+        --buffer_pairs=4 --dust3r_batch=2 --eval_pairs=2 --eval_every=6 --k=4 --expansion=4 --num_workers=0
+
+DUSt3R's decoder has two branches with separate weights: `dec_blocks` (view 1, predicts its points in
+its own frame) and `dec_blocks2` (view 2, predicts its points in view 1's frame). `hook` picks one branch
+('dec_blocks.<i>', 'dec_blocks2.<i>') or both into one shared SAE ('dec_blocks*.<i>'), in which case every
+token's branch is recorded and FVU / L0 are also reported per branch (a pooled SAE may spend latents on
+branch identity alone; eval_anchors.md 0).
+Pairs from `dataset` go through the frozen DUSt3R (no grad; bf16 autocast on CUDA), the tokens at `hook`
+are shuffled in a buffer spanning `buffer_pairs` pairs, and the SAE trains on batches of
+`batch_size` tokens. Every `eval_every` steps it is evaluated on held-out pairs (workbench/evaluate.py:
+FVU, L0, dead/dense latents, density histogram, spliced 3D fidelity). Output: results/<run_name>/ with
+config.yaml, log.txt, metrics.jsonl, sae.safetensors + sae_config.json, curves.png and checkpoint/
+(rerunning the same command resumes an interrupted run). With --cache=True the tokens are first written
+once to cache/<hash>/ and training reads them from there. --help lists every constant.
+Runtime: DUSt3R dominates; on 2 CPU cores it takes ~1.5 s per 224 pair (bench/bench_pipeline.py), so the
+100M-token default (~255k pairs, ~5 days on CPU) is a GPU job; GPU throughput is not measured yet.
+"""
+import math
+import os
+import signal
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+from data import make_dataset
+from models.sae import SAE, SAEConfig
+from workbench.activations import (ActivationCache, PairTokens, TokenStream, build_dust3r, check_hook,
+                                   hook_sources, weights_fingerprint)
+from workbench.config import apply_overrides
+from workbench.evaluate import EvalSet, evaluate
+from workbench.runs import (Run, any_rank, broadcast_params, check_resume_config, cleanup_ddp, load_checkpoint,
+                            lr_at, plot_curves, sae_step, save_checkpoint, seed_everything, setup_ddp)
+
+# -----------------------------------------------------------------------------------------------------
+# model and data
+checkpoint = "naver/DUSt3R_ViTLarge_BaseDecoder_224_linear"  # hub id | local .pth / HF folder | 'random-tiny' (tests)
+dataset = "builtin"          # 'builtin' (procedural scenes, no download) | 'blendedmvs' | 'arkitscenes' | ...
+data_root = ""               # dataset folder; '' = the dataset's default
+resolution = 224             # 224 -> 224x224, the 224_linear checkpoint's training size (14x14 tokens per view)
+hook = "dec_blocks*.5"       # 'dec_blocks.<i>' | 'dec_blocks2.<i>' (0..11) | 'dec_blocks*.<i>' both branches, one SAE;
+                             # block 5: the decoder's middle, where cross-attention matches patches (Reloc3r #8)
+# SAE (sae_anchors.md section 4)
+sae_kind = "topk"            # 'topk' (+ AuxK) | 'batchtopk' | 'relu' (ReLU + L1); TopK: saev, sparsify, openai
+expansion = 16               # latents = expansion * d (16 x 768 = 12288: saev's 16x; BatchTopK ref 12288 for 768)
+k = 32                       # active latents per token (topk, batchtopk): openai, sparsify, saev, BatchTopK
+aux_k = 512                  # AuxK: dead latents used to model the residual (Gao et al.)
+aux_coeff = 0.03125          # AuxK weight, 1/32 (Gao et al.)
+l1_coeff = 5e-3              # relu only: L1 weight (models/sae.py; tune it for the L0 you want)
+dead_tokens = 10_000_000     # dead = no firing in this many tokens (openai, sparsify, saev); capped at 5% of the run
+init_tokens = 65536          # tokens for the input normalisation and the geometric-median b_dec (openai: 32768)
+# optimisation
+lr = 2.3e-4                  # Adam; Gao et al.'s 2e-4 * (16384 / latents) ** 0.5 at 12288 latents
+warmup_steps = 500           # linear warm-up (saev 500, sparsify 1000); capped at 10% of the run
+decay_frac = 0.2             # linear decay to 0 over the last 20% of steps (SAELens docs)
+grad_clip = 1.0              # max gradient norm (SAELens, dictionary_learning, saev); 0 = off
+sae_bf16 = True              # CUDA only: bf16 autocast for the SAE (weights, Adam stay fp32; sparsify: ~2x faster)
+train_tokens = 100_000_000   # patch tokens to train on (saev: 100M; about 255k pairs at 224 with both branches)
+batch_size = 16384           # tokens per optimizer step, summed over ranks (saev)
+buffer_pairs = 512           # pairs whose tokens are shuffled together (1024 images, 200k tokens, 300 MB fp16)
+dust3r_batch = 16            # pairs per DUSt3R forward; must divide buffer_pairs / world size
+num_workers = 4              # data-loading processes
+# evaluation, checkpoints, output
+eval_every = 250             # steps between held-out evaluations (4M tokens; saev, SAELens: 1-5M) and one at the end
+eval_pairs = 64              # held-out pairs (the dataset's 'val' split)
+fidelity = True              # spliced 3D fidelity score in every evaluation (3 DUSt3R runs per pair)
+log_every = 50               # steps between training-metric lines in metrics.jsonl
+ckpt_every = 500             # steps between resumable checkpoints (also written on Ctrl-C / SIGTERM)
+max_steps = 0                # stop after this many steps in this invocation (checkpointed; rerun resumes); 0 = all
+cache = False                # True: write the hook's tokens to cache_dir once (resumable), then train from there
+cache_dir = "cache"          # activation caches: cache_dir/<hash of weights, hook, dataset, resolution>/
+out_dir = "results"          # runs go to out_dir/run_name/
+run_name = ""                # '' = dec-<hook>-<sae_kind>-k<k>-x<expansion>-<dataset>-s<seed> ('*' -> 'both')
+device = "auto"              # 'auto' (cuda if available) | 'cpu' | 'cuda'
+seed = 0                     # SAE init and token shuffling (the dataset itself is fixed)
+# -----------------------------------------------------------------------------------------------------
+CONFIG_KEYS = [_k for _k, _v in globals().items() if not _k.startswith("_") and type(_v) in (int, float, bool, str)]
+config = apply_overrides({key: globals()[key] for key in CONFIG_KEYS}, sys.argv[1:], doc=__doc__)
+globals().update(config)
+
+# derived values
+rank, world, dev = setup_ddp(device)
+master = rank == 0
+sources = hook_sources(hook, ("dec_blocks.", "dec_blocks2.", "dec_blocks*."))  # [(hook point, branch)]
+run_name = run_name or f"dec-{hook.replace('*', 'both')}-{sae_kind}-k{k}-x{expansion}-{dataset}-s{seed}"
+run = Run(os.path.join(out_dir, run_name), active=master)
+ckpt_dir = os.path.join(run.dir, "checkpoint")
+total_steps = train_tokens // batch_size
+warmup = min(warmup_steps, total_steps // 10)
+dead_window = min(dead_tokens, max(batch_size, train_tokens // 20))
+if buffer_pairs // world % dust3r_batch:
+    raise ValueError(f"dust3r_batch={dust3r_batch} must divide buffer_pairs/world = {buffer_pairs // world}")
+seed_everything(seed)
+run.header(config, dev, __file__, world)
+
+# data: the frozen DUSt3R, held-out pairs, the training-token stream (from DUSt3R or the cache)
+model = build_dust3r(checkpoint, dev, seed=seed, log=run.log)
+check_hook(model, sources)
+d_in = model.dec_embed_dim
+train_ds = make_dataset(dataset, root=data_root or None, resolution=resolution, split="train")
+val_ds = make_dataset(dataset, root=data_root or None, resolution=resolution, split="val")
+run.log(f"data: {len(train_ds)} train pairs, {len(val_ds)} val pairs; hook {hook} ({d_in}-d)")
+ev = EvalSet.from_model(model, val_ds, sources, dev, eval_pairs, dust3r_batch, fidelity)
+tokens_per_pair = ev.tokens.shape[1]
+if cache:
+    identity = dict(weights=weights_fingerprint(model), hook=hook, dataset=dataset, split="train",
+                    root=os.path.abspath(data_root) if data_root else "", resolution=resolution,
+                    precision="bf16-autocast" if dev.type == "cuda" else "fp32")
+    n_cache = min(len(train_ds), math.ceil(train_tokens / tokens_per_pair))
+    act_cache = ActivationCache(cache_dir, identity).write(model, train_ds, sources, dev, n_cache, dust3r_batch,
+                                                           num_workers, rank, world, log=run.log).open()
+    run.log(f"cache: {act_cache.dir} ({act_cache.n_pairs} pairs)")
+    stream = TokenStream(batch_size, buffer_pairs, tokens_per_pair, seed, rank, world, cache=act_cache, device=dev)
+else:
+    def make_pairs(start):
+        return PairTokens(model, train_ds, sources, dev, start, rank, world, seed, dust3r_batch, num_workers)
+    stream = TokenStream(batch_size, buffer_pairs, tokens_per_pair, seed, rank, world, make_pairs=make_pairs,
+                         device=dev)
+
+# model: the SAE and its optimizer; resume from checkpoint/ when there is one
+sae = SAE(SAEConfig(d_in=d_in, n_latents=expansion * d_in, kind=sae_kind, k=k, aux_k=aux_k, aux_coeff=aux_coeff,
+                    dead_tokens=dead_window, l1_coeff=l1_coeff, l1_warmup_steps=max(1, total_steps // 20))).to(dev)
+optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
+step = 0
+if os.path.exists(os.path.join(ckpt_dir, "state.json")):
+    state = load_checkpoint(ckpt_dir, sae, optimizer, dev)
+    check_resume_config(state["config"], config, ckpt_dir)
+    step = state["step"]
+    run.log(f"resumed {run.dir} at step {step}")
+else:
+    x0, _ = stream.chunk(0)  # the first buffer (identical on every rank): normalisation, b_dec
+    sae.init_from_sample(x0[torch.randperm(len(x0), generator=torch.Generator().manual_seed(seed))[:init_tokens]]
+                         .float())
+broadcast_params(sae)
+run.log(f"SAE {sae_kind} {d_in} -> {sae.cfg.n_latents} (k={k}); {total_steps} steps of {batch_size} tokens; "
+        f"{tokens_per_pair} tokens per pair; world size {world}")
+
+
+def checkpoint_now(step):
+    if master:
+        save_checkpoint(ckpt_dir, sae, optimizer, {"step": step, "tokens": step * batch_size,
+                                                   "pairs": step * batch_size / tokens_per_pair, "config": config})
+
+
+signals = []  # Ctrl-C or SIGTERM (preemption): finish the step, checkpoint, exit; a second one aborts at once
+
+
+def on_signal(signum, frame):
+    signals.append(signum)
+    if len(signals) > 1:
+        raise KeyboardInterrupt
+
+
+signal.signal(signal.SIGINT, on_signal)
+signal.signal(signal.SIGTERM, on_signal)
+
+# loop
+batches = stream.batches(step)
+stop = total_steps if max_steps <= 0 else min(total_steps, step + max_steps)
+pbar = tqdm(total=total_steps, initial=step, disable=not master, desc=run_name, dynamic_ncols=True)
+t0, t_last, step_last = time.time(), time.time(), step
+while step < stop and not any_rank(signals, world, dev):
+    x, branch = next(batches)
+    out = sae_step(sae, optimizer, x, lr_at(step, total_steps, lr, warmup, decay_frac), grad_clip, world,
+                   bf16=sae_bf16 and dev.type == "cuda")
+    step += 1
+    pbar.update(1)
+    if step % log_every == 0 or step == stop:
+        rate = (step - step_last) * batch_size / (time.time() - t_last)
+        t_last, step_last = time.time(), step
+        rec = dict(kind="train", step=step, tokens=step * batch_size, loss=out.loss.item(),
+                   recon_mse=out.recon_mse.item(), aux_loss=out.aux_loss.item(), l0=out.l0, fvu=out.fvu,
+                   lr=optimizer.param_groups[0]["lr"], tokens_per_s=rate)
+        if len(sources) > 1:  # both branches: L0 per branch (this rank's batch)
+            rec.update({f"l0_branch{v}": (out.latents[branch == v] != 0).sum(1).float().mean().item()
+                        for _, v in sources})
+        run.metrics(rec)
+        pbar.set_postfix(fvu=f"{out.fvu:.3f}", l0=f"{out.l0:.1f}", tok_s=f"{rate:.0f}")
+    if master and (step % eval_every == 0 or step == total_steps):
+        m = evaluate(sae, ev)
+        run.metrics(dict(kind="eval", step=step, tokens=step * batch_size, **m))
+        run.log(f"step {step}: eval fvu {m['fvu']:.4f} l0 {m['l0']:.1f} dead {m['dead_frac']:.3f} "
+                f"dense {m['dense_frac']:.3f} score_vs_clean {m.get('score_vs_clean', float('nan')):.3f} "
+                f"score_vs_gt {m.get('score_vs_gt', float('nan')):.3f}")
+    if step % ckpt_every == 0 or step == stop:
+        checkpoint_now(step)
+pbar.close()
+if step < stop:  # a signal on some rank
+    checkpoint_now(step)
+    run.log(f"stopped by a signal at step {step}: checkpoint saved; rerun the same command to resume")
+    sys.exit(130)
+
+# save
+if master and step == total_steps:
+    sae.save(run.dir)  # sae.safetensors + sae_config.json, normalisation folded in: acts on raw tokens
+    plot_curves(run.dir, title=f"{run_name}: SAE on DUSt3R {hook}")
+    run.log(f"done: {step} steps, {step * batch_size} tokens in {time.time() - t0:.0f} s -> {run.dir}")
+elif master:
+    run.log(f"stopped at step {step} of {total_steps} (max_steps={max_steps}); rerun to continue")
+cleanup_ddp()

@@ -1,0 +1,287 @@
+"""Run bookkeeping shared by both training scripts: run folder, log, metrics.jsonl, seeding, the
+git/version header, the LR schedule, DDP set-up and gradient all-reduce, resumable checkpoints
+(safetensors + JSON, no pickle), the training-curves figure, and `sae_step` (one optimizer step).
+
+A run folder `results/<run>/` holds: config.yaml (resolved), log.txt (header: git commit + dirty flag,
+versions, device, command, config, then the script's source, as modded-nanogpt/airbench do),
+metrics.jsonl (one JSON object per train log / eval), sae.safetensors + sae_config.json (models/sae.py),
+curves.png and checkpoint/ (trainer state for resume).
+"""
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from safetensors.torch import load_file, save_file
+
+
+# ------------------------------------------------------------------------------------------------
+# run folder, log, metrics
+
+def git_state(repo_dir="."):
+    """(commit, dirty) of the repo at repo_dir; ('none', True) outside git or before the first commit."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=repo_dir, capture_output=True, text=True)
+    head = git("rev-parse", "HEAD")
+    commit = head.stdout.strip() if head.returncode == 0 else "none"
+    status = git("status", "--porcelain")  # untracked, non-ignored files (e.g. a new script) count as dirty
+    return commit, commit == "none" or status.returncode != 0 or bool(status.stdout.strip())
+
+
+def describe_device(device):
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda})"
+    cpu = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        cpu = f"{names[0]} x{len(names)}" if names else cpu
+    return f"{device} ({cpu}, {torch.get_num_threads()} threads)"
+
+
+class Run:
+    """The run folder and its log. Only rank 0 writes; other ranks get a Run whose methods do nothing."""
+
+    def __init__(self, run_dir, active=True):
+        self.dir, self.active = run_dir, active
+        if active:
+            os.makedirs(run_dir, exist_ok=True)
+
+    def log(self, msg):
+        if not self.active:
+            return
+        from tqdm import tqdm
+        tqdm.write(msg)  # keeps an active progress bar intact
+        with open(os.path.join(self.dir, "log.txt"), "a") as f:
+            f.write(msg + "\n")
+
+    def header(self, config, device, script_path, world_size=1):
+        """First lines of log.txt (appended again on resume) and the resolved config.yaml."""
+        if not self.active:
+            return
+        commit, dirty = git_state(os.path.dirname(os.path.abspath(script_path)))
+        import numpy, safetensors
+        lines = [f"git commit: {commit}  dirty: {dirty}  ({time.strftime('%Y-%m-%d %H:%M:%S %Z')})",
+                 f"python {platform.python_version()}  torch {torch.__version__}  numpy {numpy.__version__}  "
+                 f"safetensors {safetensors.__version__}",
+                 f"device: {describe_device(device)}  world_size: {world_size}  host: {platform.node()}",
+                 "command: " + " ".join([os.path.basename(sys.executable)] + sys.argv),
+                 "config: " + json.dumps(config)]
+        with open(os.path.join(self.dir, "config.yaml"), "w") as f:
+            yaml.safe_dump(config, f, sort_keys=False)
+        with open(script_path) as f:
+            source = f.read()
+        with open(os.path.join(self.dir, "log.txt"), "a") as f:
+            name = os.path.basename(script_path)
+            f.write("\n".join(lines) + f"\n---- source of {name} ----\n{source}---- end of source ----\n")
+        print("\n".join(lines[:4]))
+
+    def metrics(self, record):
+        """Append one JSON object to metrics.jsonl (floats, ints, lists and strings only)."""
+        if self.active:
+            with open(os.path.join(self.dir, "metrics.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def lr_at(step, total_steps, lr, warmup_steps, decay_frac):
+    """Linear warm-up, constant, linear decay to 0 over the last decay_frac of training (SAELens docs,
+    saev / sparsify warm-up)."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    decay_start = int(total_steps * (1 - decay_frac))
+    if decay_frac > 0 and step >= decay_start:
+        return lr * max(0.0, (total_steps - step) / max(1, total_steps - decay_start))
+    return lr
+
+
+# ------------------------------------------------------------------------------------------------
+# DDP: torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; gloo on CPU, nccl on CUDA
+
+def setup_ddp(device_name):
+    """-> (rank, world_size, device). Initialises the process group when launched by torchrun."""
+    if "RANK" not in os.environ:
+        if device_name == "auto":
+            device_name = "cuda" if torch.cuda.is_available() else "cpu"
+        return 0, 1, torch.device(device_name)
+    local_rank = int(os.environ["LOCAL_RANK"])
+    use_cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def cleanup_ddp():
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def any_rank(flag, world_size, device):
+    """True when `flag` is set on any rank (a collective under DDP, so all ranks stop at the same step)."""
+    if world_size == 1:
+        return bool(flag)
+    t = torch.tensor([int(bool(flag))], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def all_reduce_grads(params, world_size):
+    """Average gradients over ranks in one flat all-reduce (what DDP does, without wrapping the SAE)."""
+    if world_size == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def broadcast_params(module):
+    """Make every rank start from rank 0's weights and buffers."""
+    if dist.is_initialized():
+        for t in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(t.data, 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# resumable trainer checkpoints: checkpoint/state_<step>.safetensors (SAE + optimizer tensors + RNG)
+# and checkpoint/state.json (step, data position, optimizer param groups, file name). The JSON is
+# replaced atomically after the tensors are on disk, so a crash at any point leaves a loadable pair.
+
+def save_checkpoint(ckpt_dir, sae, optimizer, state):
+    os.makedirs(ckpt_dir, exist_ok=True)
+    tensors = {f"sae.{k}": v.detach().cpu().contiguous() for k, v in sae.state_dict().items()}
+    opt = optimizer.state_dict()
+    for idx, slots in opt["state"].items():
+        for name, v in slots.items():
+            tensors[f"optim.{idx}.{name}"] = torch.as_tensor(v).cpu().contiguous()
+    tensors["rng.torch"] = torch.get_rng_state()
+    fname = f"state_{state['step']:08d}.safetensors"
+    save_file(tensors, os.path.join(ckpt_dir, fname + ".tmp"))
+    os.replace(os.path.join(ckpt_dir, fname + ".tmp"), os.path.join(ckpt_dir, fname))
+    meta = {**state, "tensors": fname, "param_groups": opt["param_groups"]}
+    with open(os.path.join(ckpt_dir, "state.json.tmp"), "w") as f:
+        json.dump(meta, f, indent=1)
+    os.replace(os.path.join(ckpt_dir, "state.json.tmp"), os.path.join(ckpt_dir, "state.json"))
+    for old in os.listdir(ckpt_dir):  # older tensor files are no longer referenced
+        if old.startswith("state_") and old != fname:
+            os.remove(os.path.join(ckpt_dir, old))
+
+
+# settings a resumed run may change: they do not touch the SAE, its data or its schedule
+RESUMABLE_CHANGES = ("max_steps", "num_workers", "device", "eval_every", "eval_pairs", "fidelity", "log_every",
+                     "ckpt_every", "dust3r_batch", "cache_dir")
+
+
+def check_resume_config(saved, config, path):
+    changed = sorted(k for k in set(saved) | set(config)
+                     if k not in RESUMABLE_CHANGES and saved.get(k) != config.get(k))
+    if changed:
+        diff = ", ".join(f"{k}: {saved.get(k)!r} -> {config.get(k)!r}" for k in changed)
+        raise ValueError(f"{path}: cannot resume with a different config ({diff}); use another run_name")
+
+
+def load_checkpoint(ckpt_dir, sae, optimizer, device):
+    """Restore SAE, optimizer and torch RNG in place; return the JSON state (step, data position, ...)."""
+    with open(os.path.join(ckpt_dir, "state.json")) as f:
+        meta = json.load(f)
+    tensors = load_file(os.path.join(ckpt_dir, meta["tensors"]))
+    sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
+    state = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v if name == "step" else v.to(device)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    return meta
+
+
+# ------------------------------------------------------------------------------------------------
+# training-curves figure, from metrics.jsonl alone (so it can be redrawn for any run)
+
+def plot_curves(run_dir, title=""):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
+
+    def curve(ax, rows, key, label, **kw):
+        pts = [(r["tokens"], r[key]) for r in rows if r.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), label=label, **kw)
+
+    ax = axes[0, 0]
+    curve(ax, train, "loss", "train loss")
+    curve(ax, train, "recon_mse", "train recon mse (normalised space)")
+    ax.set_yscale("log"), ax.set_title("training loss"), ax.legend(fontsize=8)
+    ax = axes[0, 1]
+    curve(ax, evals, "fvu", "eval FVU", marker="o")
+    ax.set_title("FVU (held-out, centred)"), ax.legend(fontsize=8)
+    ax = axes[0, 2]
+    curve(ax, train, "l0", "train L0")
+    curve(ax, evals, "l0", "eval L0", marker="o")
+    ax.set_title("L0 (active latents per token)"), ax.legend(fontsize=8)
+    ax = axes[1, 0]
+    curve(ax, evals, "dead_frac", "dead (training window)", marker="o")
+    curve(ax, evals, "dense_frac", "dense (> 1% of tokens)", marker="o")
+    ax.set_title("dead / dense latents (fraction)"), ax.legend(fontsize=8)
+    ax = axes[1, 1]
+    curve(ax, evals, "score_vs_clean", "vs clean output", marker="o")
+    curve(ax, evals, "score_vs_gt", "vs ground truth", marker="o")
+    ax.set_title("spliced fidelity (1 = clean, 0 = mean-ablated)"), ax.legend(fontsize=8)
+    ax = axes[1, 2]
+    if evals:
+        edges, counts = evals[-1]["density_edges"], evals[-1]["density_counts"]
+        ax.stairs(counts, edges)
+        ax.set_xlabel("log10 firing frequency (last eval; never-firing at the left edge)")
+    ax.set_title("feature density")
+    for ax in axes.flat[:5]:
+        ax.set_xlabel("training tokens")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(os.path.join(run_dir, "curves.png"), dpi=100)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------
+# one optimizer step, identical in both scripts
+
+def sae_step(sae, optimizer, x, lr, grad_clip, world_size, bf16=False):
+    """Forward, backward, all-reduce, constraint maintenance, step; returns the SAEOutput.
+    bf16: autocast the SAE's matmuls (fp32 weights and optimizer; sparsify measures ~2x on GPU)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = sae(x)
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    all_reduce_grads(list(sae.parameters()), world_size)
+    sae.remove_parallel_grad()  # decoder rows stay unit-norm: no gradient along them (openai, sparsify)
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), grad_clip)
+    optimizer.step()
+    sae.normalize_decoder()
+    sae.update_dead_stats(out.latents)  # a collective under DDP: counts the global batch on every rank
+    return out
