@@ -15,39 +15,36 @@ its own frame) and `dec_blocks2` (view 2, predicts its points in view 1's frame)
 token's branch is recorded and FVU / L0 are also reported per branch (a pooled SAE may spend latents on
 branch identity alone; eval_anchors.md 0).
 Pairs from `dataset` go through the frozen DUSt3R (no grad; bf16 autocast on CUDA), the tokens at `hook`
-are shuffled in a buffer spanning `buffer_pairs` pairs, and the SAE trains on batches of
-`batch_size` tokens. Every `eval_every` steps it is evaluated on held-out pairs (workbench/evaluate.py:
-FVU, L0, dead/dense latents, density histogram, spliced 3D fidelity). Output: results/<run_name>/ with
-config.yaml, log.txt, metrics.jsonl, sae.safetensors + sae_config.json, curves.png and checkpoint/
-(rerunning the same command resumes an interrupted run). With --cache=True the tokens are first written
-once to cache/<hash>/ and training reads them from there. --help lists every constant.
-Runtime: DUSt3R dominates; on 2 CPU cores it takes ~1.5 s per 224 pair (bench/bench_pipeline.py), so the
-100M-token default (~255k pairs, ~5 days on CPU) is a GPU job; GPU throughput is not measured yet.
+are shuffled in a buffer spanning `buffer_pairs` pairs, and the SAE trains on batches of `batch_size`
+tokens. Every `eval_every` steps it is evaluated on held-out pairs (workbench/evaluate.py: FVU and L0,
+per branch too when pooled, dead/dense latents, density histogram, and the spliced 3D fidelity, where the
+reconstruction replaces the hook's branch tokens). Output: results/<run_name>/ with the files of an
+encoder run (config.yaml, log.txt, metrics.jsonl, sae.safetensors + sae_config.json, curves.png and
+checkpoint/; rerunning the same command resumes an interrupted run). With --cache=True the branch tokens
+are first written once to cache/<hash>/ and training reads them from there. --help lists every constant.
+Runtime: as for the encoder script, DUSt3R dominates (~1.5 s per 224 pair on 2 CPU cores,
+bench/bench_pipeline.py), so the 100M-token default is a GPU job; GPU throughput is not measured yet.
 """
-import math
 import os
-import signal
 import sys
-import time
 
 import torch
-from tqdm import tqdm
 
 from data import make_dataset
 from models.sae import SAE, SAEConfig
-from workbench.activations import (ActivationCache, PairTokens, TokenStream, build_dust3r, check_hook,
-                                   hook_sources, weights_fingerprint)
-from workbench.config import apply_overrides
+from workbench.activations import (build_dust3r, cache_identity, check_hook, hook_sources, pooled_branches,
+                                   token_stream)
+from workbench.config import apply_overrides, constants
 from workbench.evaluate import EvalSet, evaluate
-from workbench.runs import (Run, any_rank, broadcast_params, check_resume_config, cleanup_ddp, load_checkpoint,
-                            lr_at, plot_curves, sae_step, save_checkpoint, seed_everything, setup_ddp)
+from workbench.runs import (Checkpoints, GracefulStop, TrainProgress, cleanup_ddp, log_data_summary, log_eval, lr_at,
+                            plot_curves, sae_step, start_run)
 
 # -----------------------------------------------------------------------------------------------------
-# model and data
+# model and data (`hook` picks the decoder branch(es))
 checkpoint = "naver/DUSt3R_ViTLarge_BaseDecoder_224_linear"  # hub id | local .pth / HF folder | 'random-tiny' (tests)
 dataset = "builtin"          # 'builtin' (procedural scenes, no download) | 'blendedmvs' | 'arkitscenes' | ...
 data_root = ""               # dataset folder; '' = the dataset's default
-resolution = 224             # 224 -> 224x224, the 224_linear checkpoint's training size (14x14 tokens per view)
+resolution = 224             # 224 -> 224x224, the 224_linear checkpoint's training size (14x14 tokens per branch)
 hook = "dec_blocks*.5"       # 'dec_blocks.<i>' | 'dec_blocks2.<i>' (0..11) | 'dec_blocks*.<i>' both branches, one SAE;
                              # block 5: the decoder's middle, where cross-attention matches patches (Reloc3r #8)
 # SAE (sae_anchors.md section 4)
@@ -58,7 +55,7 @@ aux_k = 512                  # AuxK: dead latents used to model the residual (Ga
 aux_coeff = 0.03125          # AuxK weight, 1/32 (Gao et al.)
 l1_coeff = 5e-3              # relu only: L1 weight (models/sae.py; tune it for the L0 you want)
 dead_tokens = 10_000_000     # dead = no firing in this many tokens (openai, sparsify, saev); capped at 5% of the run
-init_tokens = 65536          # tokens for the input normalisation and the geometric-median b_dec (openai: 32768)
+init_tokens = 65536          # tokens for the normalisation and geometric-median b_dec (openai: 32768); pooled: both
 # optimisation
 lr = 2.3e-4                  # Adam; Gao et al.'s 2e-4 * (16384 / latents) ** 0.5 at 12288 latents
 warmup_steps = 500           # linear warm-up (saev 500, sparsify 1000); capped at 10% of the run
@@ -72,139 +69,79 @@ dust3r_batch = 16            # pairs per DUSt3R forward; must divide buffer_pair
 num_workers = 4              # data-loading processes
 # evaluation, checkpoints, output
 eval_every = 250             # steps between held-out evaluations (4M tokens; saev, SAELens: 1-5M) and one at the end
-eval_pairs = 64              # held-out pairs (the dataset's 'val' split)
-fidelity = True              # spliced 3D fidelity score in every evaluation (3 DUSt3R runs per pair)
+eval_pairs = 64              # held-out pairs (the dataset's 'val' split); FVU, L0 also per branch when pooled
+fidelity = True              # spliced 3D fidelity in every evaluation: the reconstruction replaces the branch tokens
 log_every = 50               # steps between training-metric lines in metrics.jsonl
 ckpt_every = 500             # steps between resumable checkpoints (also written on Ctrl-C / SIGTERM)
 max_steps = 0                # stop after this many steps in this invocation (checkpointed; rerun resumes); 0 = all
-cache = False                # True: write the hook's tokens to cache_dir once (resumable), then train from there
+cache = False                # True: first write the branch tokens once to cache_dir (resumable), then read them
 cache_dir = "cache"          # activation caches: cache_dir/<hash of weights, hook, dataset, resolution>/
 out_dir = "results"          # runs go to out_dir/run_name/
 run_name = ""                # '' = dec-<hook>-<sae_kind>-k<k>-x<expansion>-<dataset>-s<seed> ('*' -> 'both')
 device = "auto"              # 'auto' (cuda if available) | 'cpu' | 'cuda'
 seed = 0                     # SAE init and token shuffling (the dataset itself is fixed)
 # -----------------------------------------------------------------------------------------------------
-CONFIG_KEYS = [_k for _k, _v in globals().items() if not _k.startswith("_") and type(_v) in (int, float, bool, str)]
-config = apply_overrides({key: globals()[key] for key in CONFIG_KEYS}, sys.argv[1:], doc=__doc__)
+config = apply_overrides(constants(globals()), sys.argv[1:], doc=__doc__)
 globals().update(config)
 
-# derived values
-rank, world, dev = setup_ddp(device)
-master = rank == 0
+# derived values: the hook's branch(es), the run name, the schedule
 sources = hook_sources(hook, ("dec_blocks.", "dec_blocks2.", "dec_blocks*."))  # [(hook point, branch)]
+branches = pooled_branches(sources)  # [1, 2] for 'dec_blocks*.<i>' (one SAE, both branches), else []
 run_name = run_name or f"dec-{hook.replace('*', 'both')}-{sae_kind}-k{k}-x{expansion}-{dataset}-s{seed}"
-run = Run(os.path.join(out_dir, run_name), active=master)
-ckpt_dir = os.path.join(run.dir, "checkpoint")
 total_steps = train_tokens // batch_size
-warmup = min(warmup_steps, total_steps // 10)
-dead_window = min(dead_tokens, max(batch_size, train_tokens // 20))
+warmup = min(warmup_steps, total_steps // 10)  # at most 10% of the run
+dead_window = min(dead_tokens, max(batch_size, train_tokens // 20))  # at most 5% of the run
+run, rank, world, dev = start_run(os.path.join(out_dir, run_name), config, device, seed, __file__)
 if buffer_pairs // world % dust3r_batch:
     raise ValueError(f"dust3r_batch={dust3r_batch} must divide buffer_pairs/world = {buffer_pairs // world}")
-seed_everything(seed)
-run.header(config, dev, __file__, world)
 
-# data: the frozen DUSt3R, held-out pairs, the training-token stream (from DUSt3R or the cache)
-model = build_dust3r(checkpoint, dev, seed=seed, log=run.log)
+# data: the frozen DUSt3R, held-out pairs, the stream of the branch tokens (from DUSt3R or the cache)
+model = build_dust3r(checkpoint, dev, seed=seed, log=run.log)  # frozen; decoder hooks need its encoder too
 check_hook(model, sources)
-d_in = model.dec_embed_dim
+d_in = model.dec_embed_dim  # decoder width (768 for the ViT-L/Base checkpoint)
 train_ds = make_dataset(dataset, root=data_root or None, resolution=resolution, split="train")
 val_ds = make_dataset(dataset, root=data_root or None, resolution=resolution, split="val")
 run.log(f"data: {len(train_ds)} train pairs, {len(val_ds)} val pairs; hook {hook} ({d_in}-d)")
 ev = EvalSet.from_model(model, val_ds, sources, dev, eval_pairs, dust3r_batch, fidelity)
-tokens_per_pair = ev.tokens.shape[1]
-if cache:
-    identity = dict(weights=weights_fingerprint(model), hook=hook, dataset=dataset, split="train",
-                    root=os.path.abspath(data_root) if data_root else "", resolution=resolution,
-                    precision="bf16-autocast" if dev.type == "cuda" else "fp32")
-    n_cache = min(len(train_ds), math.ceil(train_tokens / tokens_per_pair))
-    act_cache = ActivationCache(cache_dir, identity).write(model, train_ds, sources, dev, n_cache, dust3r_batch,
-                                                           num_workers, rank, world, log=run.log).open()
-    run.log(f"cache: {act_cache.dir} ({act_cache.n_pairs} pairs)")
-    stream = TokenStream(batch_size, buffer_pairs, tokens_per_pair, seed, rank, world, cache=act_cache, device=dev)
-else:
-    def make_pairs(start):
-        return PairTokens(model, train_ds, sources, dev, start, rank, world, seed, dust3r_batch, num_workers)
-    stream = TokenStream(batch_size, buffer_pairs, tokens_per_pair, seed, rank, world, make_pairs=make_pairs,
-                         device=dev)
+tokens_per_pair = ev.tokens.shape[1]  # one branch, or both branches when pooled (196 each at 224)
+stream = token_stream(model, train_ds, sources, dev, tokens_per_pair, batch_size, buffer_pairs, seed, rank, world,
+                      dust3r_batch, num_workers, cache_dir, train_tokens=train_tokens, log=run.log,
+                      identity=cache_identity(model, hook, dataset, data_root, resolution, dev) if cache else None)
 
-# model: the SAE and its optimizer; resume from checkpoint/ when there is one
+# model: the SAE and its optimizer; resume from checkpoint/ when there is one, else initialise from the first buffer
 sae = SAE(SAEConfig(d_in=d_in, n_latents=expansion * d_in, kind=sae_kind, k=k, aux_k=aux_k, aux_coeff=aux_coeff,
                     dead_tokens=dead_window, l1_coeff=l1_coeff, l1_warmup_steps=max(1, total_steps // 20))).to(dev)
-optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
-step = 0
-if os.path.exists(os.path.join(ckpt_dir, "state.json")):
-    state = load_checkpoint(ckpt_dir, sae, optimizer, dev)
-    check_resume_config(state["config"], config, ckpt_dir)
-    step = state["step"]
-    run.log(f"resumed {run.dir} at step {step}")
-else:
-    x0, _ = stream.chunk(0)  # the first buffer (identical on every rank): normalisation, b_dec
-    sae.init_from_sample(x0[torch.randperm(len(x0), generator=torch.Generator().manual_seed(seed))[:init_tokens]]
-                         .float())
-broadcast_params(sae)
+optimizer = torch.optim.Adam(sae.parameters(), lr=lr)  # pooled: one SAE and optimizer for both branches
+ckpt = Checkpoints(run, sae, optimizer, config, batch_size, tokens_per_pair)
+step = ckpt.resume_or_init(dev, init_sample=lambda: stream.init_sample(init_tokens))  # pooled: mixes both branches
 run.log(f"SAE {sae_kind} {d_in} -> {sae.cfg.n_latents} (k={k}); {total_steps} steps of {batch_size} tokens; "
         f"{tokens_per_pair} tokens per pair; world size {world}")
 
-
-def checkpoint_now(step):
-    if master:
-        save_checkpoint(ckpt_dir, sae, optimizer, {"step": step, "tokens": step * batch_size,
-                                                   "pairs": step * batch_size / tokens_per_pair, "config": config})
-
-
-signals = []  # Ctrl-C or SIGTERM (preemption): finish the step, checkpoint, exit; a second one aborts at once
-
-
-def on_signal(signum, frame):
-    signals.append(signum)
-    if len(signals) > 1:
-        raise KeyboardInterrupt
-
-
-signal.signal(signal.SIGINT, on_signal)
-signal.signal(signal.SIGTERM, on_signal)
-
-# loop
-batches = stream.batches(step)
+# loop: one SAE step per batch; train records, held-out evals (rank 0) and checkpoints every so many steps
 stop = total_steps if max_steps <= 0 else min(total_steps, step + max_steps)
-pbar = tqdm(total=total_steps, initial=step, disable=not master, desc=run_name, dynamic_ncols=True)
-t0, t_last, step_last = time.time(), time.time(), step
-while step < stop and not any_rank(signals, world, dev):
-    x, branch = next(batches)
+graceful = GracefulStop()  # Ctrl-C / SIGTERM: finish the step, checkpoint, exit 130; a second one aborts at once
+progress = TrainProgress(run, step, total_steps, batch_size, branches)  # pooled: L0 per branch too
+batches = stream.batches(step)
+while step < stop and not graceful.requested(world, dev):
+    x, branch = next(batches)  # branch: 1 or 2 per token, the decoder branch it came from
     out = sae_step(sae, optimizer, x, lr_at(step, total_steps, lr, warmup, decay_frac), grad_clip, world,
                    bf16=sae_bf16 and dev.type == "cuda")
     step += 1
-    pbar.update(1)
-    if step % log_every == 0 or step == stop:
-        rate = (step - step_last) * batch_size / (time.time() - t_last)
-        t_last, step_last = time.time(), step
-        rec = dict(kind="train", step=step, tokens=step * batch_size, loss=out.loss.item(),
-                   recon_mse=out.recon_mse.item(), aux_loss=out.aux_loss.item(), l0=out.l0, fvu=out.fvu,
-                   lr=optimizer.param_groups[0]["lr"], tokens_per_s=rate)
-        if len(sources) > 1:  # both branches: L0 per branch (this rank's batch)
-            rec.update({f"l0_branch{v}": (out.latents[branch == v] != 0).sum(1).float().mean().item()
-                        for _, v in sources})
-        run.metrics(rec)
-        pbar.set_postfix(fvu=f"{out.fvu:.3f}", l0=f"{out.l0:.1f}", tok_s=f"{rate:.0f}")
-    if master and (step % eval_every == 0 or step == total_steps):
-        m = evaluate(sae, ev)
-        run.metrics(dict(kind="eval", step=step, tokens=step * batch_size, **m))
-        run.log(f"step {step}: eval fvu {m['fvu']:.4f} l0 {m['l0']:.1f} dead {m['dead_frac']:.3f} "
-                f"dense {m['dense_frac']:.3f} score_vs_clean {m.get('score_vs_clean', float('nan')):.3f} "
-                f"score_vs_gt {m.get('score_vs_gt', float('nan')):.3f}")
+    progress.update(step, out, optimizer, branch, record=step % log_every == 0 or step == stop)
+    if run.active and (step % eval_every == 0 or step == total_steps):
+        log_eval(run, step, step * batch_size, evaluate(sae, ev))  # pooled: FVU per branch too
     if step % ckpt_every == 0 or step == stop:
-        checkpoint_now(step)
-pbar.close()
+        ckpt.save(step)
+progress.close()
+log_data_summary(run, step, world, dev, train=train_ds, val=val_ds)  # unreadable pairs (none read from a cache)
 if step < stop:  # a signal on some rank
-    checkpoint_now(step)
-    run.log(f"stopped by a signal at step {step}: checkpoint saved; rerun the same command to resume")
-    sys.exit(130)
+    graceful.checkpoint_and_exit(run, ckpt, step)
 
 # save
-if master and step == total_steps:
-    sae.save(run.dir)  # sae.safetensors + sae_config.json, normalisation folded in: acts on raw tokens
+if run.active and step == total_steps:
+    sae.save(run.dir)  # sae.safetensors + sae_config.json (normalisation folded in); pooled: one SAE, both branches
     plot_curves(run.dir, title=f"{run_name}: SAE on DUSt3R {hook}")
-    run.log(f"done: {step} steps, {step * batch_size} tokens in {time.time() - t0:.0f} s -> {run.dir}")
-elif master:
+    run.log(f"done: {step} steps, {step * batch_size} tokens in {progress.seconds():.0f} s -> {run.dir}")
+elif run.active:
     run.log(f"stopped at step {step} of {total_steps} (max_steps={max_steps}); rerun to continue")
 cleanup_ddp()

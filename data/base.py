@@ -48,6 +48,10 @@ class PairDataset(torch.utils.data.Dataset):
             self._bad = torch.zeros(len(self), dtype=torch.bool).share_memory_()
         return self._bad
 
+    def bad_mask(self):
+        """Bool tensor (len,), True for the pairs skipped so far as unreadable (shared across workers)."""
+        return self._bad_mask()
+
     @property
     def bad_items(self):
         """Number of pairs skipped so far because a file was unreadable (all workers)."""

@@ -68,6 +68,11 @@ def test_encoder_run_folder_is_complete(ref):
         assert key in evals[-1], key
     assert evals[-1]["l0"] == pytest.approx(4.0)  # TopK: exactly k per token
     assert json.load(open(ref / "checkpoint" / "state.json"))["step"] == 12
+    (data,) = records(ref, "data")  # unreadable-pair counts, the invocation's last record
+    assert data == dict(kind="data", step=12, train_pairs=len(make_dataset("builtin", split="train")), train_bad_items=0,
+                        val_pairs=len(make_dataset("builtin", split="val")), val_bad_items=0)
+    log = open(ref / "log.txt").read()
+    assert '\ndata train: {"dataset": ' in log and '"bad_items": 0' in log and "\ndata val: " in log
     # the saved SAE acts on raw tokens: same FVU on the held-out tokens as the run's last eval
     sae = SAE.load(ref)
     assert (sae.cfg.d_in, sae.cfg.n_latents, sae.cfg.k) == (32, 128, 4)
@@ -89,6 +94,7 @@ def test_resumed_run_continues_from_its_saved_step(ref, tmp_path):
     run("train_encoder_sae.py", tmp_path, "--aux_coeff=0", "--run_name=res")
     assert f"resumed {run_dir} at step 4" in open(run_dir / "log.txt").read()
     assert [r["step"] for r in records(run_dir, "train")] == [3, 4, 6, 9, 12]
+    assert [r["step"] for r in records(run_dir, "data")] == [4, 12]  # one per invocation
     assert max_diff(run_dir, ref) < 1e-6  # nothing lost, nothing repeated: the uninterrupted run's weights
 
 
@@ -132,3 +138,4 @@ def test_sigterm_checkpoints_at_a_step_boundary(tmp_path):
     step = json.load(open(tmp_path / "term" / "checkpoint" / "state.json"))["step"]
     assert 1 <= step < 1000 and step == records(tmp_path / "term", "train")[-1]["step"]  # logged every step
     assert f"stopped by a signal at step {step}" in open(tmp_path / "term" / "log.txt").read()
+    assert records(tmp_path / "term", "data")[-1]["step"] == step

@@ -19,13 +19,14 @@ rank holds the same buffer, and rank r trains on slice r of each global batch. S
 exactly the tokens one process sees, split W ways (tests/test_train_ddp.py).
 
 Cache: `cache/<hash>/` with meta.json and shard_<lo>_<hi>.npy (fp16 tokens of dataset pairs [lo, hi),
-read with mmap). The hash covers the weights fingerprint, hook, dataset, root, split, resolution, dataset seed
+read with mmap). The hash covers the weights fingerprint, hook, dataset, root, split, resolution
 and precision. Shards are written to a temporary name and renamed (atomic), made read-only, and never
 touched again; an interrupted write resumes at the first missing shard.
 """
 import contextlib
 import hashlib
 import json
+import math
 import os
 import signal
 
@@ -95,6 +96,11 @@ def hook_sources(hook, allowed_prefixes):
     if hook.startswith("dec_blocks."):
         return [(hook, 1)]
     return [(hook, 1), (hook, 2)]  # encoder points and decoder_embed / dec_norm carry both views
+
+
+def pooled_branches(sources):
+    """[1, 2] when the tokens come from two hook points pooled into one SAE ('dec_blocks*.<i>'), else []."""
+    return [v for _, v in sources] if len({name for name, _ in sources}) > 1 else []
 
 
 def check_hook(model, sources):
@@ -227,6 +233,12 @@ class TokenStream:
         self.last = (c, rearrange(x, "m t c -> (m t) c"), branch.repeat(self.M).to(self.device))
         return self.last[1:]
 
+    def init_sample(self, n):
+        """n tokens of the first chunk (identical on every rank), drawn with the stream's seed: the sample
+        for the SAE's input normalisation and geometric-median b_dec."""
+        x, _ = self.chunk(0)
+        return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))[:n]].float()
+
     def batches(self, start_step):
         c, s = divmod(start_step, self.steps_per_chunk)
         b = self.B // self.world
@@ -239,8 +251,32 @@ class TokenStream:
             c, s = c + 1, 0
 
 
+def token_stream(model, dataset, sources, device, tokens_per_pair, batch_size, buffer_pairs, seed, rank=0, world=1,
+                 dust3r_batch=16, num_workers=0, cache_dir="cache", identity=None, train_tokens=0, log=print):
+    """The training tokens as a TokenStream: live from DUSt3R when identity is None, else from the activation
+    cache that `identity` (cache_identity) names under cache_dir, first written for the pairs that hold
+    train_tokens tokens (at most the whole dataset)."""
+    cache_pairs = math.ceil(train_tokens / tokens_per_pair)
+    if identity is None:
+        def make_pairs(start):
+            return PairTokens(model, dataset, sources, device, start, rank, world, seed, dust3r_batch, num_workers)
+        return TokenStream(batch_size, buffer_pairs, tokens_per_pair, seed, rank, world, make_pairs=make_pairs,
+                           device=device)
+    act_cache = ActivationCache(cache_dir, identity).write(model, dataset, sources, device, cache_pairs, dust3r_batch,
+                                                           num_workers, rank, world, log=log).open()
+    log(f"cache: {act_cache.dir} ({act_cache.n_pairs} pairs)")
+    return TokenStream(batch_size, buffer_pairs, tokens_per_pair, seed, rank, world, cache=act_cache, device=device)
+
+
 # ------------------------------------------------------------------------------------------------
 # activation cache
+
+def cache_identity(model, hook, dataset, data_root, resolution, device):
+    """What names a training-token cache: weights fingerprint, hook, dataset, root, split, resolution, precision."""
+    return dict(weights=weights_fingerprint(model), hook=hook, dataset=dataset, split="train",
+                root=os.path.abspath(data_root) if data_root else "", resolution=resolution,
+                precision="bf16-autocast" if device.type == "cuda" else "fp32")
+
 
 class ActivationCache:
     """Immutable, hash-addressed fp16 token shards of one hook point over one dataset (module docstring).

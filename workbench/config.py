@@ -8,7 +8,7 @@ accepted where the default is a float; a YAML list where the default is a tuple.
 
 Typical use, right after a script's constants block:
 
-    config = apply_overrides({k: v for k, v in globals().items() if k in CONFIG_KEYS}, sys.argv[1:])
+    config = apply_overrides(constants(globals()), sys.argv[1:])
     globals().update(config)
 """
 import ast
@@ -35,6 +35,12 @@ def parse_value(text):
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text
+
+
+def constants(namespace):
+    """The config block of a script: its module-level plain literals (int, float, bool, str), names not
+    starting with '_', in definition order; call as constants(globals()) right after the block."""
+    return {k: v for k, v in namespace.items() if not k.startswith("_") and type(v) in (int, float, bool, str)}
 
 
 def apply_overrides(defaults, argv, verbose=True, doc=None):

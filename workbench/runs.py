@@ -1,16 +1,20 @@
 """Run bookkeeping shared by both training scripts: run folder, log, metrics.jsonl, seeding, the
 git/version header, the LR schedule, DDP set-up and gradient all-reduce, resumable checkpoints
-(safetensors + JSON, no pickle), the training-curves figure, and `sae_step` (one optimizer step).
+(safetensors + JSON, no pickle), the training-curves figure, and the training loop's pieces:
+`sae_step` (one optimizer step), `TrainProgress` (progress bar + train records), `log_eval`,
+`Checkpoints` (resume-or-init, save), `GracefulStop` (Ctrl-C / SIGTERM) and `log_data_summary`.
 
 A run folder `results/<run>/` holds: config.yaml (resolved), log.txt (header: git commit + dirty flag,
 versions, device, command, config, then the script's source, as modded-nanogpt/airbench do),
-metrics.jsonl (one JSON object per train log / eval), sae.safetensors + sae_config.json (models/sae.py),
-curves.png and checkpoint/ (trainer state for resume).
+metrics.jsonl (one JSON object per train log / eval, and a 'data' record with the unreadable-pair counts
+at the end of every invocation), sae.safetensors + sae_config.json (models/sae.py), curves.png and
+checkpoint/ (trainer state for resume).
 """
 import json
 import os
 import platform
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -87,6 +91,16 @@ class Run:
         if self.active:
             with open(os.path.join(self.dir, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+
+def start_run(run_dir, config, device_name, seed, script_path):
+    """-> (run, rank, world_size, device): DDP set-up (under torchrun), the run folder (rank 0 writes), the
+    seed, and the log.txt header + config.yaml."""
+    rank, world_size, device = setup_ddp(device_name)
+    run = Run(run_dir, active=rank == 0)
+    seed_everything(seed)
+    run.header(config, device, script_path, world_size)
+    return run, rank, world_size, device
 
 
 def seed_everything(seed):
@@ -235,22 +249,25 @@ def plot_curves(run_dir, title=""):
     ax = axes[0, 0]
     curve(ax, train, "loss", "train loss")
     curve(ax, train, "recon_mse", "train recon mse (normalised space)")
-    ax.set_yscale("log"), ax.set_title("training loss"), ax.legend(fontsize=8)
+    ax.set_yscale("log"), ax.set_title("training loss")
     ax = axes[0, 1]
     curve(ax, evals, "fvu", "eval FVU", marker="o")
-    ax.set_title("FVU (held-out, centred)"), ax.legend(fontsize=8)
+    ax.set_title("FVU (held-out, centred)")
     ax = axes[0, 2]
     curve(ax, train, "l0", "train L0")
     curve(ax, evals, "l0", "eval L0", marker="o")
-    ax.set_title("L0 (active latents per token)"), ax.legend(fontsize=8)
+    ax.set_title("L0 (active latents per token)")
     ax = axes[1, 0]
     curve(ax, evals, "dead_frac", "dead (training window)", marker="o")
     curve(ax, evals, "dense_frac", "dense (> 1% of tokens)", marker="o")
-    ax.set_title("dead / dense latents (fraction)"), ax.legend(fontsize=8)
+    ax.set_title("dead / dense latents (fraction)")
     ax = axes[1, 1]
     curve(ax, evals, "score_vs_clean", "vs clean output", marker="o")
     curve(ax, evals, "score_vs_gt", "vs ground truth", marker="o")
-    ax.set_title("spliced fidelity (1 = clean, 0 = mean-ablated)"), ax.legend(fontsize=8)
+    ax.set_title("spliced fidelity (1 = clean, 0 = mean-ablated)")
+    for ax in axes.flat[:5]:
+        if ax.get_legend_handles_labels()[0]:  # no curves (e.g. fidelity=False): no empty-legend warning
+            ax.legend(fontsize=8)
     ax = axes[1, 2]
     if evals:
         edges, counts = evals[-1]["density_edges"], evals[-1]["density_counts"]
@@ -285,3 +302,119 @@ def sae_step(sae, optimizer, x, lr, grad_clip, world_size, bf16=False):
     sae.normalize_decoder()
     sae.update_dead_stats(out.latents)  # a collective under DDP: counts the global batch on every rank
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# the training loop's pieces: progress and train records, eval records, checkpoints, signals, data
+
+class TrainProgress:
+    """Rank 0's progress bar and the 'train' records of metrics.jsonl (tokens/s since the previous record).
+    branches: with a pooled SAE (both decoder branches), also the batch's L0 per branch."""
+
+    def __init__(self, run, step, total_steps, batch_size, branches=()):
+        from tqdm import tqdm
+        self.run, self.batch_size, self.branches = run, batch_size, tuple(branches)
+        self.pbar = tqdm(total=total_steps, initial=step, disable=not run.active, desc=os.path.basename(run.dir),
+                         dynamic_ncols=True)
+        self.t0 = self.t_last = time.time()
+        self.step_last = step
+
+    def update(self, step, out, optimizer, branch=None, record=False):
+        """Advance the bar to `step`; with record=True also append a 'train' record of this step's batch."""
+        self.pbar.update(1)
+        if not record:
+            return
+        rate = (step - self.step_last) * self.batch_size / (time.time() - self.t_last)
+        self.t_last, self.step_last = time.time(), step
+        rec = dict(kind="train", step=step, tokens=step * self.batch_size, loss=out.loss.item(),
+                   recon_mse=out.recon_mse.item(), aux_loss=out.aux_loss.item(), l0=out.l0, fvu=out.fvu,
+                   lr=optimizer.param_groups[0]["lr"], tokens_per_s=rate)
+        rec.update({f"l0_branch{v}": (out.latents[branch == v] != 0).sum(1).float().mean().item()
+                    for v in self.branches})  # this rank's batch
+        self.run.metrics(rec)
+        self.pbar.set_postfix(fvu=f"{out.fvu:.3f}", l0=f"{out.l0:.1f}", tok_s=f"{rate:.0f}")
+
+    def close(self):
+        self.pbar.close()
+
+    def seconds(self):
+        """Wall time since the loop started."""
+        return time.time() - self.t0
+
+
+def log_eval(run, step, tokens, m):
+    """An 'eval' record (workbench/evaluate.py's metrics) in metrics.jsonl and a line in log.txt."""
+    run.metrics(dict(kind="eval", step=step, tokens=tokens, **m))
+    run.log(f"step {step}: eval fvu {m['fvu']:.4f} l0 {m['l0']:.1f} dead {m['dead_frac']:.3f} "
+            f"dense {m['dense_frac']:.3f} score_vs_clean {m.get('score_vs_clean', float('nan')):.3f} "
+            f"score_vs_gt {m.get('score_vs_gt', float('nan')):.3f}")
+
+
+class Checkpoints:
+    """The run's checkpoint/ folder: resume-or-init before the loop, save() in it (rank 0 writes)."""
+
+    def __init__(self, run, sae, optimizer, config, batch_size, tokens_per_pair):
+        self.run, self.sae, self.optimizer, self.config = run, sae, optimizer, config
+        self.dir = os.path.join(run.dir, "checkpoint")
+        self.batch_size, self.tokens_per_pair = batch_size, tokens_per_pair
+
+    def resume_or_init(self, device, init_sample):
+        """-> the step to start at: restore checkpoint/ when there is one (a changed config is refused), else
+        initialise the SAE from init_sample() (normalisation, b_dec); then every rank takes rank 0's weights."""
+        step = 0
+        if os.path.exists(os.path.join(self.dir, "state.json")):
+            state = load_checkpoint(self.dir, self.sae, self.optimizer, device)
+            check_resume_config(state["config"], self.config, self.dir)
+            step = state["step"]
+            self.run.log(f"resumed {self.run.dir} at step {step}")
+        else:
+            self.sae.init_from_sample(init_sample())
+        broadcast_params(self.sae)
+        return step
+
+    def save(self, step):
+        if self.run.active:
+            save_checkpoint(self.dir, self.sae, self.optimizer, {
+                "step": step, "tokens": step * self.batch_size, "pairs": step * self.batch_size / self.tokens_per_pair,
+                "config": self.config})
+
+
+class GracefulStop:
+    """Ctrl-C or SIGTERM (preemption) sets a flag the loop checks between steps, so the step finishes and a
+    checkpoint is written; a second signal aborts at once."""
+
+    def __init__(self):
+        self.signals = []
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum, frame):
+        self.signals.append(signum)
+        if len(self.signals) > 1:
+            raise KeyboardInterrupt
+
+    def requested(self, world_size, device):
+        """True on every rank once any rank got a signal (a collective under DDP)."""
+        return any_rank(self.signals, world_size, device)
+
+    def checkpoint_and_exit(self, run, ckpt, step):
+        """After the loop stopped early for a signal: checkpoint at this step, exit with status 130."""
+        ckpt.save(step)
+        run.log(f"stopped by a signal at step {step}: checkpoint saved; rerun the same command to resume")
+        sys.exit(130)
+
+
+def log_data_summary(run, step, world_size, device, **datasets):
+    """End of an invocation: each dataset's summary() in log.txt, and its bad-item count (pairs this
+    invocation skipped for an unreadable file; the union over DDP ranks) in a 'data' record of metrics.jsonl."""
+    rec = dict(kind="data", step=step)
+    for name, ds in datasets.items():
+        summary = ds.summary()
+        if world_size > 1:  # each rank read its own pairs: union of the ranks' bad-pair masks
+            mask = ds.bad_mask().to(device, torch.int32)
+            dist.all_reduce(mask, op=dist.ReduceOp.MAX)
+            n_bad = int(mask.sum())
+            summary.update(bad_items=n_bad, bad_fraction=n_bad / max(len(ds), 1))
+        run.log(f"data {name}: " + json.dumps(summary))
+        rec.update({f"{name}_pairs": len(ds), f"{name}_bad_items": summary["bad_items"]})
+    run.metrics(rec)
