@@ -8,7 +8,7 @@ dataset as (A, B), and as (B, A) and (A, A) controls, and writes into the run fo
   summary.md           the findings in words, with their numbers and sample sizes
   index.html           offline latent browser (open the file; no server, nothing fetched)
   figures/             histograms.png, consistency_<gt|pred>.png
-  latents/<k>/         heatmap.png, examples.png (+ pointcloud.ply) for the visualised latents
+  latents/<k>/         heatmap.png, examples.png (+ pointcloud.ply and its preview pointcloud.png)
 Given several runs, it also writes a layer comparison to `compare_dir` (layers.png/.md/.json).
 Metrics and controls: workbench/multiview.py; how to read everything: notes_for_readme/analysis.md.
 
@@ -187,7 +187,7 @@ def pick_cards(table, n):
 
 def render_latent(k, pa, data, corrs, folder, with_ply):
     """heatmap.png (top pair + view 2 pulled back to view 1), examples.png (top pairs, then pairs at
-    the quantiles of the per-pair peak), pointcloud.ply; one colour scale: the latent's peak."""
+    the quantiles of the per-pair peak), pointcloud.ply + pointcloud.png; one colour scale: the latent's peak."""
     c1, c2 = pa.z1[:, k].toarray().ravel(), pa.z2[:, k].toarray().ravel()
     peak = np.maximum(np.maximum.reduceat(c1, pa.start1[:-1]), np.maximum.reduceat(c2, pa.start2[:-1]))  # (P,)
     order = np.nonzero(peak > 0)[0]
@@ -213,6 +213,8 @@ def render_latent(k, pa, data, corrs, folder, with_ply):
                                          [c.astype(np.float32) for c in data["conf"][n]], [top["act1"], top["act2"]],
                                          vmax)
         ply.write_ply(os.path.join(folder, "pointcloud.ply"), xyz, col)
+        figures.pointcloud_preview(xyz, col, os.path.join(folder, "pointcloud.png"),
+                                   f"latent {k}: DUSt3R points of {top['caption']}")
 
 
 def jdump(obj, path):
@@ -389,7 +391,8 @@ for run_dir in run_dirs:
         folder = os.path.join(run_dir, "latents", str(k))
         render_latent(k, pa["ab"], data, sets[primary], folder, with_ply=i < n_ply)
         cards[k] = dict(images=[("heatmap (top pair)", os.path.join(folder, "heatmap.png")),
-                                ("top pairs and quantile examples", os.path.join(folder, "examples.png"))],
+                                ("top pairs and quantile examples", os.path.join(folder, "examples.png"))]
+                        + ([("3D: DUSt3R's points of the top pair", os.path.join(folder, "pointcloud.png"))] if i < n_ply else []),
                         numbers={name: col[k] for name, col in full.items() if name != "latent"},
                         files=[("point cloud (PLY)", os.path.join(folder, "pointcloud.ply"))] if i < n_ply else [])
     jdump(full, os.path.join(run_dir, "latent_metrics.json"))

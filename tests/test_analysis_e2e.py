@@ -58,7 +58,9 @@ def test_train_then_analyze(tmp_path):
             assert Image.open(run / "latents" / k / "examples.png").size[0] == 2 * RES + 2 * figures.GAP + figures.BAR_W
             ply_path = run / "latents" / k / "pointcloud.ply"
             plys += [ply_path] if ply_path.exists() else []
+            assert ply_path.exists() == (run / "latents" / k / "pointcloud.png").exists()  # PLY and its preview
         assert len(plys) == 1
+        assert Image.open(plys[0].with_suffix(".png")).size == size
         xyz, rgb = read_ply(plys[0])
         assert len(xyz) > 0 and xyz.shape == rgb.shape == (len(xyz), 3)
         assert f"element vertex {len(xyz)}" in plys[0].read_bytes()[:300].decode("ascii", "replace")

@@ -186,3 +186,25 @@ def layer_figure(rows, path):
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.3, top=0.9, wspace=0.2)
     fig.savefig(path)
     plt.close(fig)
+
+
+def pointcloud_preview(xyz, rgb, path, title="", max_points=40000, seed=0):
+    """PNG preview of a latent's PLY point cloud: two views (camera 1's, and from above-right) of the
+    coloured points, camera 1's frame (x right, y down, z forward) shown with y up."""
+    xyz, rgb = np.asarray(xyz, np.float64), np.asarray(rgb, np.float64) / 255.0
+    if len(xyz) > max_points:  # subsample: matplotlib's 3-D scatter is slow past ~50k points
+        keep = np.random.default_rng(seed).choice(len(xyz), max_points, replace=False)
+        xyz, rgb = xyz[keep], rgb[keep]
+    fig = plt.figure(figsize=FIG_SIZE, dpi=FIG_DPI)
+    for i, (elev, azim, name) in enumerate(((0, -90, "seen from camera 1"), (35, -60, "from above-right"))):
+        ax = fig.add_subplot(1, 2, i + 1, projection="3d")
+        ax.scatter(xyz[:, 0], xyz[:, 2], -xyz[:, 1], c=rgb, s=1.0, linewidths=0, depthshade=False)
+        ax.view_init(elev=elev, azim=azim)
+        ax.set_xlabel("x")
+        ax.set_ylabel("z (depth)")
+        ax.set_zlabel("-y")
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=6)
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path)
+    plt.close(fig)
