@@ -10,7 +10,7 @@ dataset as (A, B), and as (B, A) and (A, A) controls, and writes into the run fo
   figures/             histograms.png, consistency_<gt|pred>.png
   latents/<k>/         heatmap.png, examples.png (+ pointcloud.ply and its preview pointcloud.png)
 Given several runs, it also writes a layer comparison to `compare_dir` (layers.png/.md/.json).
-Metrics and controls: workbench/multiview.py; how to read everything: notes_for_readme/analysis.md.
+Metrics and controls: workbench/multiview.py; how to read everything: README.md, section Analysing a trained SAE.
 
     python analyze_results.py results/<run> [results/<run2> ...] [--n_pairs=128] [overrides.yaml]
 
@@ -307,7 +307,7 @@ def write_summary(path, run, cfg, s, info):
     lines += ["", f"Labels: {lab}. Positional latents (concentration > 0.5): "
               f"{100 * s['frac_positional_gt_0p5']:.1f} % of alive.", "",
               "Files: `index.html` (browser), `latent_metrics.json`, `analysis.json`, `figures/`, `latents/<k>/`. "
-              "How to read them: notes_for_readme/analysis.md."]
+              "How to read them: README.md, section Analysing a trained SAE."]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -422,7 +422,7 @@ if len(rows) > 1:
 
     with open(os.path.join(compare_dir, "layers.md"), "w") as f:
         f.write("# Layer comparison\n\nOne row per run, in forward order; definitions in "
-                "notes_for_readme/analysis.md.\n\n| run | hook | " + " | ".join(keys) + " |\n|"
+                "README.md, section Analysing a trained SAE.\n\n| run | hook | " + " | ".join(keys) + " |\n|"
                 + "---|" * (len(keys) + 2) + "\n")
         f.writelines(f"| {r['run']} | {r['hook']} | " + " | ".join(fmt(r.get(k)) for k in keys) + " |\n" for r in rows)
     print(f"layer comparison of {len(rows)} runs: {compare_dir}/layers.png, layers.md, layers.json")

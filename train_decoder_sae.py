@@ -13,7 +13,7 @@ DUSt3R's decoder has two branches with separate weights: `dec_blocks` (view 1, p
 its own frame) and `dec_blocks2` (view 2, predicts its points in view 1's frame). `hook` picks one branch
 ('dec_blocks.<i>', 'dec_blocks2.<i>') or both into one shared SAE ('dec_blocks*.<i>'), in which case every
 token's branch is recorded and FVU / L0 are also reported per branch (a pooled SAE may spend latents on
-branch identity alone; eval_anchors.md 0).
+branch identity alone).
 Pairs from `dataset` go through the frozen DUSt3R (no grad; bf16 autocast on CUDA), the tokens at `hook`
 are shuffled in a buffer spanning `buffer_pairs` pairs, and the SAE trains on batches of `batch_size`
 tokens. Every `eval_every` steps it is evaluated on held-out pairs (workbench/evaluate.py: FVU and L0,
@@ -47,7 +47,7 @@ data_root = ""               # dataset folder; '' = the dataset's default
 resolution = 224             # 224 -> 224x224, the 224_linear checkpoint's training size (14x14 tokens per branch)
 hook = "dec_blocks*.5"       # 'dec_blocks.<i>' | 'dec_blocks2.<i>' (0..11) | 'dec_blocks*.<i>' both branches, one SAE;
                              # block 5: the decoder's middle, where cross-attention matches patches (Reloc3r #8)
-# SAE (sae_anchors.md section 4)
+# SAE (defaults: README "Defaults and why")
 sae_kind = "topk"            # 'topk' (+ AuxK) | 'batchtopk' | 'relu' (ReLU + L1); TopK: saev, sparsify, openai
 expansion = 16               # latents = expansion * d (16 x 768 = 12288: saev's 16x; BatchTopK ref 12288 for 768)
 k = 32                       # active latents per token (topk, batchtopk): openai, sparsify, saev, BatchTopK

@@ -39,7 +39,7 @@ dataset = "builtin"          # 'builtin' (procedural scenes, no download) | 'ble
 data_root = ""               # dataset folder; '' = the dataset's default
 resolution = 224             # 224 -> 224x224, the 224_linear checkpoint's training size (14x14 tokens per view)
 hook = "enc_norm"            # 'enc_blocks.<i>' (0..23) | 'enc_norm' (what the decoder reads; the origin project's tap)
-# SAE (sae_anchors.md section 4)
+# SAE (defaults: README "Defaults and why")
 sae_kind = "topk"            # 'topk' (+ AuxK) | 'batchtopk' | 'relu' (ReLU + L1); TopK: saev, sparsify, openai
 expansion = 16               # latents = expansion * d (16 x 1024 = 16384: saev's ViT-L sweeps)
 k = 32                       # active latents per token (topk, batchtopk): openai, sparsify, saev, BatchTopK

@@ -20,7 +20,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-ARCHS = {  # the released models' trunks (spec 1.1); input (H, W) of the pair's images
+ARCHS = {  # the released models' trunks; input (H, W) of the pair's images
     "512_dpt": (dict(head_type="dpt"), (384, 512)),
     "224_linear": (dict(head_type="linear"), (224, 224)),
 }
@@ -33,7 +33,7 @@ def run_one(arch, device, dtype, mode, batch, iters):
     from torch.utils.flop_counter import FlopCounterMode
 
     from models.dust3r import AsymmetricCroCo3DStereo
-    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 (official scripts turn TF32 on: spec 6.13)
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 (official croco import turns TF32 on)
     torch.backends.cudnn.allow_tf32 = False
     kw, (H, W) = ARCHS[arch]
     model = AsymmetricCroCo3DStereo(enc_depth=24, dec_depth=12, enc_embed_dim=1024, dec_embed_dim=768,

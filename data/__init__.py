@@ -1,4 +1,4 @@
-"""Multi-view pair datasets with exact geometry for DUSt3R SAEs (see notes_for_readme/data.md).
+"""Multi-view pair datasets with exact geometry for DUSt3R SAEs (see README.md, section Data).
 
 make_dataset(name, ...) -> a Dataset whose items are (view1, view2) DUSt3R view dicts;
 collate_pairs / make_loader batch them; patch_correspondences / predicted_correspondences map
@@ -19,7 +19,7 @@ def make_dataset(name, root=None, resolution=224, split="train", seed=0, **kw):
     """
     name = name.lower()
     if name in ("blendedmvs", "arkitscenes", "folder") and root is None:
-        raise ValueError(f"dataset {name!r} needs root=<path>; see notes_for_readme/data.md for the layout")
+        raise ValueError(f"dataset {name!r} needs root=<path>; see README.md, section Data for the layout")
     if name == "builtin":
         from data.scenes import BuiltinScenes
         return BuiltinScenes(split="val" if split == "test" else split, resolution=resolution, seed=seed, **kw)

@@ -1,6 +1,6 @@
 """ARKitScenes as written by DUSt3R's `datasets_preprocess/preprocess_arkitscenes.py`.
 
-Reproduces `dust3r.datasets.ARKitScenes` (dust3r_spec.md §5.3, §5.5): split 'train' reads
+Reproduces `dust3r.datasets.ARKitScenes` (official: dust3r/datasets/arkitscenes.py): split 'train' reads
 <root>/Training, 'test' reads <root>/Test; item i is row i of all_metadata.npz['pairs'] (global
 image indices). Depth is uint16 millimetres -> float32 metres.
 """

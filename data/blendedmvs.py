@@ -1,6 +1,6 @@
 """BlendedMVS as written by DUSt3R's `datasets_preprocess/preprocess_blendedMVS.py`.
 
-Reproduces `dust3r.datasets.BlendedMVS` (dust3r_spec.md §5.2, §5.5): item i is row i of the
+Reproduces `dust3r.datasets.BlendedMVS` (official: dust3r/datasets/blendedmvs.py): item i is row i of the
 split-filtered pair list; train = seq_low % 10 > 0, val = seq_low % 10 == 0, None = all.
 Depth is in BlendedMVS scene units (not metric).
 """

@@ -1,7 +1,7 @@
 """Minimal OpenEXR reader/writer (numpy + zlib) for the depth maps DUSt3R's preprocessing writes.
 
 BlendedMVS depth is written by `cv2.imwrite` as single-part scanline OpenEXR 2, one FLOAT
-channel `Y`, ZIP compression (dust3r_spec.md §5.5). OpenCV is not a dependency and its PyPI 5.x
+channel `Y`, ZIP compression. OpenCV is not a dependency and its PyPI 5.x
 wheels cannot read EXR at all, so we decode the format ourselves. Supported: scanline images,
 compression NONE / ZIPS / ZIP, channels of type UINT, HALF or FLOAT. Anything else raises.
 """

@@ -1,6 +1,6 @@
 """Image reading and DUSt3R's inference preprocessing (`dust3r.utils.image.load_images`).
 
-The resize/crop rules follow ../shared/notes/dust3r_spec.md §4.1 and are checked bit-for-bit
+The resize/crop rules follow the official dust3r.utils.image.load_images and are checked bit-for-bit
 against the official outputs in tests/fixtures/dust3r_preprocess. Images are normalised to
 [-1, 1] with mean = std = 0.5 (not ImageNet statistics), as DUSt3R does.
 """

@@ -2,7 +2,7 @@
 
 Mirrors `BaseStereoViewDataset._crop_resize_if_necessary`, `depthmap_to_absolute_camera_coordinates`
 and `transpose_to_landscape` exactly, including float32/float64 operation order, so our readers
-reproduce the official outputs bit for bit (dust3r_spec.md §5.4-5.5; tests/test_data_golden.py).
+reproduce the official outputs bit for bit (official: dust3r/datasets/base/base_stereo_view_dataset.py; tests/test_data_golden.py).
 Conventions: K in OpenCV pixels (top-left pixel centre = (0, 0)); camera_pose cam-to-world with
 OpenCV axes (x right, y down, z forward); depth 0 = invalid.
 """

@@ -1,4 +1,4 @@
-"""DPT head of DUSt3R_ViTLarge_BaseDecoder_512_dpt (spec 2.6; official: dust3r/heads/dpt_head.py on top of
+"""DPT head of DUSt3R_ViTLarge_BaseDecoder_512_dpt (official: dust3r/heads/dpt_head.py on top of
 croco/models/dpt_block.py). Keys match the official state dict: `dpt.act_postprocess.*`, `dpt.scratch.*`,
 `dpt.head.*`. `scratch.layer_rn.{i}` is the same module as `scratch.layer{i+1}_rn`, registered twice exactly
 as officially, so both key spellings exist; the Hugging Face files keep only `layer{i+1}_rn` (loading.py).

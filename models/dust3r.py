@@ -1,12 +1,12 @@
 """DUSt3R (naver, CVPR 2024) in plain PyTorch, with named hook points for interpretability.
 
-Re-implemented from the spec in ../shared/notes/dust3r_spec.md (official code: naver/dust3r @4c24a6e,
+Re-implemented from a written spec of the official code (naver/dust3r @4c24a6e,
 naver/croco @d7de070). Module and parameter names are the official state-dict keys, so the released
 checkpoints load with strict=True (see models/loading.py). What the official code lacks and we add:
   * hook points named by module path ('enc_blocks.23', 'dec_blocks2.11', ...): `forward_hooks` returns
     their tokens and computes nothing after the last one it needs;
   * `forward_spliced` runs the full model with a replacement function at any hook points;
-  * the heads are real submodules (official: closures, which break deepcopy; spec section 6.12);
+  * the heads are real submodules (official: closures, which break deepcopy);
   * attention through F.scaled_dot_product_attention, RoPE tables computed once per forward.
 
 Shape legend: B batch, N tokens (h*w patch grid), C channels, Hd heads, Dh head dim, H x W pixels.
@@ -29,7 +29,7 @@ HookOutput = namedtuple("HookOutput", ["tokens", "grid1", "grid2"])
 
 
 # ----------------------------------------------------------------------------------------------------
-# RoPE100: 2-D rotary embedding (spec 2.2). The first half of each head vector rotates with the row (y),
+# RoPE100: 2-D rotary embedding (croco/models/pos_embed.py, RoPE2D). The first half of each head vector rotates with the row (y),
 # the second half with the column (x); rotate-half convention, inv_freq = base^(-2k/D), q and k only.
 
 class RoPE2D(nn.Module):
@@ -145,7 +145,7 @@ class DecoderBlock(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------
-# patch embedding (spec 2.1). One module for both official classes: they share the keys patch_embed.proj.*
+# patch embedding (dust3r/patch_embed.py). One module for both official classes: they share the keys patch_embed.proj.*
 
 class PatchEmbed(nn.Module):
     """16x16 conv. many_ar=False is PatchEmbedDust3R (inference: take the tensor as it is); many_ar=True is
@@ -187,7 +187,7 @@ def _positions(B, h, w, device):
 
 
 # ----------------------------------------------------------------------------------------------------
-# heads and postprocess (spec 2.5, 2.7, 2.8)
+# heads and postprocess (dust3r/heads/linear_head.py, dust3r/heads/postprocess.py)
 
 def postprocess(out: torch.Tensor, depth_mode, conf_mode) -> dict:
     """out (B,4,H,W) raw head output -> pts3d (B,H,W,3) and conf (B,H,W)."""
@@ -327,7 +327,7 @@ class AsymmetricCroCo3DStereo(nn.Module):
         if not upto("decoder_embed"):
             return HookOutput({k: tuple(v) for k, v in tokens.items()}, *grids)
 
-        # decoders: synchronous exchange, each view reads the other's previous layer (spec 2.4)
+        # decoders: synchronous exchange, each view reads the other's previous layer (dust3r/model.py, _decoder)
         rope1, rope2 = self.rope.tables(pos1, self._dec_head_dim), self.rope.tables(pos2, self._dec_head_dim)
         dec1, dec2 = [feat1], [feat2]  # the heads' lists start with the encoder output, not decoder_embed's
         f1 = tap("decoder_embed", self.decoder_embed(feat1), (1,))
@@ -374,7 +374,7 @@ class AsymmetricCroCo3DStereo(nn.Module):
         return x, pos
 
     def _head(self, head, dec, true_shape):
-        """transpose_to_landscape (spec 2.8): inference variant runs at the batch's one true_shape; training
+        """dust3r/utils/misc.py transpose_to_landscape: inference variant runs at the batch's one true_shape; training
         variant runs portrait items at their real shape and transposes their outputs back to landscape."""
         run = lambda d, hw: postprocess(head(d, hw), self.depth_mode, self.conf_mode)  # noqa: E731
         if not self.landscape_only:

@@ -3,7 +3,7 @@
 `load_dust3r(source)` takes
   * an official `.pth` ({'model': state_dict, 'args': Namespace(model='AsymmetricCroCo3DStereo(...)')}):
     unpickled with torch's weights_only loader (tensors and argparse.Namespace only), the constructor string
-    parsed with `ast` (never eval'd) after the official loader's two rewrites (spec 1.2);
+    parsed with `ast` (never eval'd) after the two rewrites of the official load_model (dust3r/model.py);
   * a Hugging Face folder (config.json + model.safetensors), as naver's hub repos and save_pretrained write;
   * a hub id such as 'naver/DUSt3R_ViTLarge_BaseDecoder_512_dpt' (downloaded, or taken from the local cache).
 Both official routes yield the inference variant (PatchEmbedDust3R, landscape_only=False); pass

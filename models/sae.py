@@ -7,7 +7,7 @@ One class, three kinds (an `if` per kind, no class hierarchy; style notes 3.2):
   batchtopk  top B*K activations over the whole batch (Bussmann et al. 2024); an EMA threshold
              (SAELens, lr 0.01) replaces the batch top-k at inference, i.e. a JumpReLU
   relu       ReLU + L1 weighted by decoder row norms, L1 warmed up linearly (Anthropic April-2024 update)
-Recipe (sae_anchors.md section 4): b_dec subtracted before the encoder, tied init W_enc = W_dec^T,
+Recipe (the consensus of openai/sparse_autoencoder, sparsify, saev, SAELens, dictionary_learning): b_dec subtracted before the encoder, tied init W_enc = W_dec^T,
 b_dec at the geometric median of a sample (openai), unit-norm decoder rows with the gradient parallel
 to them removed (openai, sparsify, saev), inputs mean-centred and scaled so E||x|| = sqrt(D)
 (SAELens, saev v0.1), folded into the weights by `save` so a saved SAE acts on raw activations.

@@ -1,6 +1,6 @@
 """End to end: tiny training runs on a random-weight DUSt3R, then analyze_results.py on both.
 
-Checks the files the analysis promises (notes_for_readme/analysis.md), their sizes and content, the
+Checks the files the analysis promises (README.md, section Analysing a trained SAE), their sizes and content, the
 encoder anchor ((A, A) pairs give consistency 1) and the layer comparison. About 20 s on 2 idle cores.
 """
 import json

@@ -116,7 +116,7 @@ def test_pth_and_hf_give_identical_models(sources):
 
 
 # ---------------------------------------------------------------- the three released architectures
-RELEASED = {  # spec 1.1 and 2.10
+RELEASED = {  # key counts and parameter totals of naver's three checkpoints
     "224_linear": (dict(img_size=(224, 224), head_type="linear"), 877, 532_342_784),
     "512_linear": (dict(img_size=(512, 512), head_type="linear"), 877, 532_342_784),
     "512_dpt": (dict(img_size=(512, 512), head_type="dpt"), 1009, 571_171_208),

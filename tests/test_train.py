@@ -19,7 +19,7 @@ from workbench.evaluate import EvalSet
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 12 steps of 256 tokens = 8 pairs (2 buffers of 4 pairs); evals at steps 6 and 12; checkpoint every 5.
 # aux_coeff=0 in the reference: AuxK's loss is normalised per rank's batch, so only without it is DDP
-# exactly the one-process computation (with it, it differs at ~1e-4; see notes_for_readme/training.md)
+# exactly the one-process computation (with it, it differs at ~1e-4; see README.md, section Training SAEs)
 TINY = ["--checkpoint=random-tiny", "--train_tokens=3072", "--batch_size=256", "--buffer_pairs=4", "--dust3r_batch=2",
         "--eval_pairs=2", "--eval_every=6", "--num_workers=0", "--log_every=3", "--k=4", "--expansion=4",
         "--ckpt_every=5"]

@@ -35,11 +35,11 @@ import torch
 import torch.distributed as dist
 from einops import rearrange
 
-# DUSt3R_ViTLarge_BaseDecoder_224_linear's architecture (spec 1.1), training variant (landscape_only)
+# DUSt3R_ViTLarge_BaseDecoder_224_linear's architecture, training variant (landscape_only)
 ARCH_224_LINEAR = dict(enc_embed_dim=1024, enc_depth=24, enc_num_heads=16, dec_embed_dim=768, dec_depth=12,
                        dec_num_heads=12, head_type="linear", pos_embed="RoPE100", img_size=(224, 224),
                        patch_embed_cls="ManyAR_PatchEmbed", landscape_only=True)
-# a tiny random model for tests and CI (contract: models/dust3r.py section)
+# a tiny random model for tests and CI
 ARCH_TINY = dict(enc_embed_dim=32, enc_depth=2, enc_num_heads=2, dec_embed_dim=32, dec_depth=2, dec_num_heads=2,
                  head_type="linear", pos_embed="RoPE100", patch_embed_cls="ManyAR_PatchEmbed", landscape_only=True)
 RANDOM_MODELS = {"random-tiny": ARCH_TINY, "random-224": ARCH_224_LINEAR}
@@ -75,7 +75,7 @@ def build_dust3r(checkpoint, device, seed=0, log=print):
 
 def weights_fingerprint(model):
     """Short content hash of the weights: names, shapes and the first/last 256 values of every tensor
-    (cheap for 2 GB of weights, and it tells apart the pre/post June-2024 checkpoints, spec 1.1)."""
+    (cheap for 2 GB of weights, and it tells apart the pre/post June-2024 checkpoints: naver/dust3r issue 157)."""
     h = hashlib.sha256()
     for name, t in model.state_dict().items():
         flat = t.detach().reshape(-1).float().cpu()

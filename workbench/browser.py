@@ -1,6 +1,6 @@
 """Self-contained HTML latent browser: one index.html, no server, no remote resource.
 
-Layout (eval_anchors.md §3 table stakes): summary figures on top, an index table of every latent
+Layout (what SAE-vision browsers show): summary figures on top, an index table of every latent
 (built in the page from inline JSON, sortable by clicking a column header, filterable by label),
 then one card per visualised latent with its pictures and numbers. Pictures are either relative
 local files (default: the HTML stays small and opens from the run folder) or embedded as base64

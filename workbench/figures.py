@@ -2,13 +2,13 @@
 
 Per-latent pictures are composed with numpy + Pillow (exact pixel sizes, fast enough for hundreds
 of latents); summary plots use matplotlib with a fixed figure size and no tight bbox so every PNG
-has a known size (FIG_SIZE x FIG_DPI). Overlays follow eval_anchors.md §3: one colour scale per
+has a known size (FIG_SIZE x FIG_DPI). Overlays follow the usual SAE-vision practice: one colour scale per
 latent (vmax shared by all of that latent's pictures), patch maps nearest-upsampled so each
 coloured square covers exactly its 16x16 input patch, transparency proportional to activation.
 
 Images are DUSt3R view tensors (3, H, W) in [-1, 1]; our datasets store portrait views as
 landscape tensors with the real (H, W) in true_shape, and token grids are in the real
-orientation (CONTRACT.md), so `to_display` transposes such tensors back before overlaying.
+orientation (models/dust3r.py forward_hooks), so `to_display` transposes such tensors back before overlaying.
 """
 import matplotlib
 

@@ -1,7 +1,7 @@
 """Multi-view metrics of SAE latents on DUSt3R view pairs: consistency, null baselines, asymmetry.
 
-Definitions follow ../shared/notes/eval_anchors.md §2.2 (cross-view consistency) and §2.3 (view
-asymmetry, slot-swap and identical-image controls). Everything is vectorised over latents: the
+Definitions (README, "How to read the metrics"): cross-view consistency with null baselines, view
+asymmetry, and the slot-swap and identical-image controls that separate content from branch. Everything is vectorised over latents: the
 codes are stored as scipy CSR matrices (TopK codes are ~99.8 % zeros) and every per-latent number
 is a column sum, so thousands of latents and hundreds of pairs cost seconds on a CPU.
 

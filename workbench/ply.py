@@ -1,4 +1,4 @@
-"""PLY export of DUSt3R pointmaps coloured by an SAE latent's activation (eval_anchors.md §3, 3D view).
+"""PLY export of DUSt3R pointmaps coloured by an SAE latent's activation (the 3D view of a latent).
 
 Both views' points are in camera 1's frame (res1['pts3d'], res2['pts3d_in_other_view']), so one
 file shows where a latent fires in 3D: a cross-view-consistent latent lights up one region from
@@ -10,7 +10,7 @@ import numpy as np
 from workbench.figures import overlay
 
 # --------------------------------------------------------------------------------------------
-CONF_MIN = 1.5  # keep pixels with DUSt3R confidence >= this (conf = 1 + exp(c) >= 1, dust3r_spec §2.7)
+CONF_MIN = 1.5  # keep pixels with DUSt3R confidence >= this (conf = 1 + exp(c) >= 1)
 # --------------------------------------------------------------------------------------------
 
 
