@@ -5,7 +5,7 @@
 #     bash docs/make_figures.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tiny="--checkpoint=random-tiny --train_tokens=40000 --batch_size=1024 --buffer_pairs=16 --dust3r_batch=4 --eval_pairs=4 --eval_every=10"
+tiny="--checkpoint=random-tiny --train_tokens=40000 --batch_size=1024 --buffer_pairs=16 --dust3r_batch=4 --eval_pairs=8 --eval_every=10 --k=4 --lr=1e-3"
 python train_encoder_sae.py $tiny --hook=enc_blocks.1 --run_name=demo-enc
 python train_encoder_sae.py $tiny --hook=enc_blocks.0 --run_name=demo-enc0
 python train_encoder_sae.py $tiny --hook=enc_norm --run_name=demo-encnorm

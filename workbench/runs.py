@@ -243,8 +243,8 @@ def plot_curves(run_dir, title=""):
 
     def curve(ax, rows, key, label, **kw):
         pts = [(r["tokens"], r[key]) for r in rows if r.get(key) is not None]
-        if pts:
-            ax.plot(*zip(*pts), label=label, **kw)
+        if pts:  # a lone point (short runs log once) still shows: marker unless the caller chose one
+            ax.plot(*zip(*pts), label=label, **({"marker": "."} if len(pts) == 1 else {}), **kw)
 
     ax = axes[0, 0]
     curve(ax, train, "loss", "train loss")
@@ -276,6 +276,7 @@ def plot_curves(run_dir, title=""):
     ax.set_title("feature density")
     for ax in axes.flat[:5]:
         ax.set_xlabel("training tokens")
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))  # 4e7, not 40000000 run together
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(os.path.join(run_dir, "curves.png"), dpi=100)
