@@ -63,9 +63,6 @@ class ARKitScenes(PairDataset):
                                     f"listed in all_metadata.npz exists (e.g. {self.scenes[0]}); {LAYOUT}")
         self._bad_mask()
 
-    def __len__(self):
-        return len(self.pairs)
-
     def _get_views(self, idx, resolution, rng):
         views = []
         for img_idx in self.pairs[idx]:

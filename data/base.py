@@ -43,6 +43,9 @@ class PairDataset(torch.utils.data.Dataset):
         self._bad = None  # shared bool bitmap, created lazily once len() is known
         self.bad_reasons = {}  # pair idx -> message (this process only)
 
+    def __len__(self):
+        return len(self.pairs)  # every dataset lists its pairs as (P, 2) view indices
+
     def _bad_mask(self):
         if self._bad is None:
             self._bad = torch.zeros(len(self), dtype=torch.bool).share_memory_()

@@ -67,9 +67,6 @@ class BlendedMVS(PairDataset):
                                     f"folders named in blendedmvs_pairs.npy exists (e.g. {self.scenes[0]}); {LAYOUT}")
         self._bad_mask()
 
-    def __len__(self):
-        return len(self.pairs)
-
     def _get_views(self, idx, resolution, rng):
         scene = self.scenes[idx]
         views = []

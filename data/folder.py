@@ -47,9 +47,6 @@ class ImageFolderPairs(PairDataset):
             raise ValueError(f"{self.root}: need at least 2 images per folder to form pairs, found {len(self.images)}")
         self._bad_mask()
 
-    def __len__(self):
-        return len(self.pairs)
-
     def _get_views(self, idx, resolution, rng):
         views = []
         for i in self.pairs[idx]:

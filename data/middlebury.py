@@ -72,9 +72,6 @@ class MiddleburyStereo(PairDataset):
         self.pairs = [(0, 1), (1, 0)]
         self._bad_mask()
 
-    def __len__(self):
-        return len(self.pairs)
-
     def _get_views(self, idx, resolution, rng):
         out = []
         for i in self.pairs[idx]:

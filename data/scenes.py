@@ -90,9 +90,6 @@ class BuiltinScenes(PairDataset):
         self._cache = collections.OrderedDict()  # (scene, view) -> rendered view; LRU per process
         self._bad_mask()
 
-    def __len__(self):
-        return len(self.pairs)
-
     def scene(self, s):
         """Description of scene s (cheap; regenerated on demand)."""
         return make_scene(self.scene_seed, self.split, s, self.views_per_scene, self.portrait_prob)
