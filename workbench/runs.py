@@ -244,7 +244,7 @@ def plot_curves(run_dir, title=""):
     def curve(ax, rows, key, label, **kw):
         pts = [(r["tokens"], r[key]) for r in rows if r.get(key) is not None]
         if pts:  # a lone point (short runs log once) still shows: marker unless the caller chose one
-            ax.plot(*zip(*pts), label=label, **({"marker": "."} if len(pts) == 1 else {}), **kw)
+            ax.plot(*zip(*pts), label=label, **({"marker": ".", **kw} if len(pts) == 1 else kw))
 
     ax = axes[0, 0]
     curve(ax, train, "loss", "train loss")
