@@ -104,7 +104,7 @@ def pooled_branches(sources):
 
 
 def check_hook(model, sources):
-    bad = [name for name, _ in sources if name not in model.hook_points]
+    bad = sorted({name for name, _ in sources if name not in model.hook_points})
     if bad:
         raise ValueError(f"hook point(s) {bad} not in this model; valid: {model.hook_points}")
 
