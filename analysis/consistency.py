@@ -1,0 +1,236 @@
+"""Cross-view consistency of SAE latents against five nulls, with calibrated tests and effect sizes.
+
+For every latent k and matched patch p -> m(p): weighted Jaccard C = sum min(a1(p), a2(m(p))) / sum max(...).
+Nulls replace m(p) by another view-2 patch and compute the same C on the same view-1 patches:
+  appearance  the patch of the same view-2 image >= 3 patches from m(p) whose raw-pixel appearance is closest
+              to p's (analysis/appearance.py): what a code of appearance alone would also agree with;
+  position    the patch at p's own grid position (positional latents, small baselines);
+  shift       m(p) moved by one random >= 3-patch shift per pair (keeps spatial autocorrelation);
+  shuffle     m permuted within the pair's matched targets (level: mean over n_shuffle draws; test: draw 1);
+  scene       the same mapping into view 2 of a pair from another scene (content-free co-firing).
+Per null j: gain_j = (C - C_j) / (1 - C_j), both on the matches where null j is defined. The latent's gain is
+the smallest gain_j (the strongest null). Tests (analysis/permutation.py): a pair-level sign-flip test per null,
+p = max over nulls, q = Benjamini-Hochberg over tested latents. A latent is CONSISTENT when it is tested
+(>= min_support firing matched patches in each view), q <= alpha AND gain >= MIN_GAIN.
+
+Why MIN_GAIN = 0.1: significance alone measures power (more pairs, larger k: more latents pass with tiny
+gains). Requiring the latent to close at least a tenth of the gap between its strongest null and perfect
+agreement keeps "consistent" an effect-size statement; it is the smallest round number at which the built-in
+controls separate (tests/test_controls.py: the world-point code passes, raw pixels and positions do not).
+
+Power-free layer numbers (`layer_effect`): the activation-mass-weighted gain over the strongest null with a
+bootstrap 95 % CI over pairs (pairs resampled with replacement; every per-pair sum is additive, so a resample
+is one matrix product). Compare layers only at the same SAE k and min_support.
+
+Letters: P pairs, M matches (view-1 patches with a match), S latents.
+"""
+import numpy as np
+import scipy.sparse as sp
+
+from analysis.permutation import N_MAX, benjamini_hochberg, jaccard, sign_flip_pvalues
+
+NULLS = ("appearance", "position", "shift", "shuffle", "scene")
+MIN_SUPPORT = 50  # firing matched patches needed in EACH view before a latent is tested
+MIN_GAIN = 0.2  # minimum gain over the strongest null for "consistent" (module docstring)
+FDR_ALPHA = 0.05  # Benjamini-Hochberg level across tested latents
+N_SHUFFLE = 50  # within-pair permutations averaged for the shuffle null's level
+N_BOOT = 200  # bootstrap resamples over pairs for the layer effect size
+MIN_SHIFT = 3  # patches; the shift null moves m(p) by >= this (Chebyshev, on a torus)
+BLOCK = 4  # swap units of the sign-flip tests: 4x4 view-1 patches of one pair (64 px at 224; permutation.py)
+
+
+def _unit_sum(unit, n_units, v):
+    """(M, S) sparse rows -> (U, S) sparse float64 sums of the rows of each unit."""
+    g = sp.csr_matrix((np.ones(len(unit)), (unit, np.arange(len(unit)))), shape=(n_units, len(unit)))
+    return (g @ v).tocsr()
+
+
+def units(pa, pair, p1, block=None):
+    """Swap unit of every match: the b x b block of view-1 patches it falls in, per pair (permutation.py).
+    Returns unit (M,) int, the pair of every unit (U,), U."""
+    block = BLOCK if block is None else block
+    w1 = pa.grid1[pair, 1]
+    nb_x = -(-pa.grid1[:, 1] // block)  # blocks per row, per pair
+    nb = -(-pa.grid1[:, 0] // block) * nb_x
+    first = np.concatenate([[0], np.cumsum(nb)])
+    unit = first[pair] + (p1 // w1) // block * nb_x[pair] + (p1 % w1) // block
+    return unit, np.repeat(np.arange(pa.n_pairs), nb), int(first[-1])
+
+
+def null_targets(pa, rows1, rows2, pair, p1, p2, appearance=None, seed=0, min_shift=MIN_SHIFT):
+    """View-2 rows (M,) of every null, -1 where undefined; appearance: (M,) view-2 token per match or None."""
+    rng = np.random.default_rng(seed)
+    start2, g1, g2 = pa.start2, pa.grid1, pa.grid2
+    h1, w1, h2, w2 = g1[pair, 0], g1[pair, 1], g2[pair, 0], g2[pair, 1]
+    y1, x1 = p1 // w1, p1 % w1
+    out = {"position": start2[pair] + (y1 * h2 // h1) * w2 + (x1 * w2 // w1)}  # scaled when grids differ
+    shifts = []
+    for g in g2:  # one random shift per pair, >= min_shift patches on the torus
+        dy, dx = np.meshgrid(np.arange(g[0]), np.arange(g[1]), indexing="ij")
+        dist = np.maximum(np.minimum(dy, g[0] - dy), np.minimum(dx, g[1] - dx))
+        ok = np.argwhere(dist >= min(min_shift, dist.max()))
+        shifts.append(ok[rng.integers(len(ok))])
+    s = np.asarray(shifts)[pair]
+    y2, x2 = p2 // w2, p2 % w2
+    out["shift"] = start2[pair] + ((y2 + s[:, 0]) % h2) * w2 + (x2 + s[:, 1]) % w2
+    out["shuffle"] = rows2[_shuffle_order(pair, rng)]
+    scene = np.asarray(pa.scene)
+    other = np.full(pa.n_pairs, -1)
+    for n in range(pa.n_pairs):  # view 2 of the next pair (cyclically) from another scene with the same grid
+        order = np.roll(np.arange(pa.n_pairs), -n - 1)
+        cand = order[(scene[order] != scene[n]) & (g2[order] == g2[n]).all(1)]
+        other[n] = cand[0] if len(cand) else -1
+    out["scene"] = np.where(other[pair] >= 0, start2[np.maximum(other[pair], 0)] + p2, -1)
+    if appearance is not None:
+        a = np.asarray(appearance)
+        out["appearance"] = np.where(a >= 0, start2[pair] + a, -1)
+    return out
+
+
+def _shuffle_order(pair, rng):
+    """A permutation of match indices that only moves matches within their pair (rows are pair-grouped)."""
+    return np.lexsort((rng.random(len(pair)), pair))
+
+
+class UnitSums:
+    """Per-unit sums (U, S) (sparse) of the true matches and of every null, for the given latent columns.
+
+    For null j: a_true[j], mass_true[j] (sum min, sum x + sum y over the matches where j is defined, at m(p))
+    and a_null[j], mass_null[j] (the same at the null's targets); a_null_test: the shuffle's first draw.
+    """
+
+    def __init__(self, pa, rows1, rows2, pair, p1, targets, cols, n_shuffle=N_SHUFFLE, seed=0, block=None):
+        unit, self.unit_pair, U = units(pa, pair, p1, block)
+        self.n_pairs = pa.n_pairs
+        z1, z2 = pa.z1[:, cols].tocsr(), pa.z2[:, cols].tocsr()
+        self.a_true, self.mass_true, self.a_null, self.mass_null = {}, {}, {}, {}
+        base = {}
+        for j, t in targets.items():
+            ok = t >= 0
+            key = ok.tobytes()
+            if key not in base:  # the true sums on this match set (shared by nulls defined everywhere)
+                x, y = z1[rows1[ok]].astype(np.float64), z2[rows2[ok]].astype(np.float64)
+                base[key] = (_unit_sum(unit[ok], U, x.minimum(y)), _unit_sum(unit[ok], U, x + y), x, unit[ok])
+            a, m, x, un = base[key]
+            self.a_true[j], self.mass_true[j] = a, m
+            y = z2[t[ok]].astype(np.float64)
+            self.a_null[j], self.mass_null[j] = _unit_sum(un, U, x.minimum(y)), _unit_sum(un, U, x + y)
+            if j == "shuffle":  # level: mean sum(min) over draws (sum(y) is permutation-invariant); test: draw 1
+                self.a_null_test = self.a_null[j]
+                rng, acc = np.random.default_rng([seed, 1]), self.a_null[j].copy()
+                pr = pair[ok]
+                for _ in range(n_shuffle - 1):
+                    acc = acc + _unit_sum(un, U, x.minimum(y[_shuffle_order(pr, rng)]))
+                self.a_null[j] = acc / max(n_shuffle, 1)
+
+    def pair_weights(self, w):
+        """Pair resample counts (B, P) -> unit weights (B, U)."""
+        return w[:, self.unit_pair]
+
+    def gains(self, w=None):
+        """Per-null (C_true, C_null, gain), each (S,), or (B, S) for pair weights w (B, P)."""
+        if w is None:
+            red = lambda v: np.asarray(v.sum(0)).ravel()  # noqa: E731
+        else:
+            wu = self.pair_weights(w)
+            red = lambda v: np.asarray((v.T @ wu.T).T)  # noqa: E731  (B, S)
+        out = {}
+        for j in self.a_true:
+            ct = jaccard(red(self.a_true[j]), red(self.mass_true[j]))
+            cn = jaccard(red(self.a_null[j]), red(self.mass_null[j]))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                g = np.where(1 - cn > 1e-9, (ct - cn) / (1 - cn), np.nan)
+            out[j] = (ct, cn, g)
+        return out
+
+    def mass(self, w=None):
+        """Matched activation mass per latent (sum x + sum y at the true targets), (S,) or (B, S)."""
+        m = self.mass_true[next(iter(self.mass_true))]
+        return np.asarray(m.sum(0)).ravel() if w is None else np.asarray((m.T @ self.pair_weights(w).T).T)
+
+
+def strongest(gains):
+    """Per latent: the smallest gain over the defined nulls (the strongest null) and which null it is."""
+    names = list(gains)
+    g = np.stack([gains[j][2] for j in names])  # (J, ...)
+    allnan = np.isnan(g).all(0)
+    idx = np.where(allnan, 0, np.nanargmin(np.where(np.isnan(g), np.inf, g), axis=0))
+    return np.where(allnan, np.nan, np.take_along_axis(g, idx[None], 0)[0]), np.asarray(names)[idx]
+
+
+def consistency(pa, corrs, appearance=None, min_support=MIN_SUPPORT, alpha=FDR_ALPHA, min_gain=MIN_GAIN,
+                n_shuffle=N_SHUFFLE, n_max=N_MAX, tau=0.0, seed=0, nulls=NULLS, block=BLOCK):
+    """Per-latent consistency against the nulls, calibrated p-values, q, gains, labels. See module docstring.
+
+    pa: PairActivations (finalized); corrs: per pair (N1,) view-2 token or -1; appearance: per pair (N1,)
+    appearance-matched view-2 token or -1 (analysis/appearance.py), None = that null is skipped (reported).
+    Returns a dict of (S,) arrays and scalars; `sums` holds the PairSums of the tested latents (for effects).
+    """
+    from workbench.multiview import _binarize, _matches
+    rows1, rows2, pair, p1, p2 = _matches(pa, corrs)
+    S, M = pa.n_latents, len(rows1)
+    app = None
+    if appearance is not None:
+        app = np.concatenate([np.asarray(a).ravel()[np.asarray(c).ravel() >= 0] for a, c in zip(appearance, corrs)]
+                             ) if M else np.zeros(0, int)
+    nan = np.full(S, np.nan)
+    out = dict(n_pairs=pa.n_pairs, n_matched=M, min_support=min_support, min_gain=min_gain, alpha=alpha,
+               nulls=[j for j in nulls if j != "appearance" or app is not None])
+    x, y = pa.z1[rows1].astype(np.float64), pa.z2[rows2].astype(np.float64)
+    smin, sx, sy = (np.asarray(v.sum(0)).ravel() for v in (x.minimum(y), x, y))
+    xb, yb = _binarize(x, tau), _binarize(y, tau)
+    sup1, sup2 = (np.asarray(v.sum(0)).ravel() for v in (xb, yb))
+    both = np.asarray(xb.multiply(yb).sum(0)).ravel()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        transfer = 0.5 * (both / sup1 + both / sup2)  # P(fires in 2 | fires in 1), symmetrised
+    tested = (sup1 >= min_support) & (sup2 >= min_support) if M >= 2 else np.zeros(S, bool)
+    out.update(jaccard=jaccard(smin, sx + sy), transfer=transfer, support1=sup1, support2=sup2, tested=tested)
+    cols = np.nonzero(tested)[0]
+    keys = [f"null_{j}" for j in NULLS] + [f"gain_{j}" for j in NULLS] + [f"p_{j}" for j in NULLS]
+    out.update({k: nan.copy() for k in keys + ["gain", "p", "q"]}, strongest_null=np.full(S, "", object))
+    out["significant"] = out["consistent"] = np.zeros(S, bool)
+    if len(cols) == 0:
+        out["sums"] = None
+        return out
+    targets = null_targets(pa, rows1, rows2, pair, p1, p2, app, seed=seed)
+    targets = {j: t for j, t in targets.items() if j in out["nulls"]}
+    sums = UnitSums(pa, rows1, rows2, pair, p1, targets, cols, n_shuffle=n_shuffle, seed=seed, block=block)
+    g = sums.gains()
+    pj = {}
+    for i, j in enumerate(targets):
+        a_null = sums.a_null_test if j == "shuffle" else sums.a_null[j]
+        pj[j] = sign_flip_pvalues(sums.a_true[j], sums.mass_true[j], a_null, sums.mass_null[j], n_max=n_max,
+                                  seed=seed + 1 + i)[0]
+        out[f"null_{j}"][cols], out[f"gain_{j}"][cols], out[f"p_{j}"][cols] = g[j][1], g[j][2], pj[j]
+    gmin, which = strongest(g)
+    out["gain"][cols], out["strongest_null"][cols] = gmin, which
+    p = np.stack([pj[j] for j in targets])
+    out["p"][cols] = np.where(np.isnan(p).all(0), np.nan, np.nanmax(np.where(np.isnan(p), -np.inf, p), 0))
+    out["q"] = benjamini_hochberg(out["p"])
+    out["significant"] = tested & (np.nan_to_num(out["q"], nan=1.0) <= alpha)
+    out["consistent"] = out["significant"] & (np.nan_to_num(out["gain"], nan=-1.0) >= min_gain)
+    out["sums"], out["cols"] = sums, cols
+    return out
+
+
+def layer_effect(sums, n_boot=N_BOOT, seed=0, level=0.95):
+    """Activation-mass-weighted gain over the strongest null of the latents in `sums`, with a bootstrap CI
+    over pairs: dict(gain, lo, hi, n_boot). Weights: each latent's matched activation mass (sum x + sum y)."""
+    nan = dict(gain=float("nan"), lo=float("nan"), hi=float("nan"), n_boot=n_boot)
+    if sums is None:
+        return nan
+
+    def wmean(w):
+        g, mass = strongest(sums.gains(w))[0], sums.mass(w)
+        ok = np.isfinite(g)
+        return np.where(ok, g * mass, 0).sum(-1) / np.maximum(np.where(ok, mass, 0).sum(-1), 1e-300)
+
+    est = float(wmean(None))
+    P, rng, boots = sums.n_pairs, np.random.default_rng(seed), []
+    for lo in range(0, n_boot, 50):  # resample counts (B, P), 50 resamples at a time
+        w = np.stack([np.bincount(rng.integers(0, P, P), minlength=P) for _ in range(min(50, n_boot - lo))])
+        boots.append(wmean(w.astype(np.float64)))
+    b = np.concatenate(boots) if boots else np.zeros(0)
+    a = (1 - level) / 2
+    lo, hi = np.quantile(b, [a, 1 - a]) if len(b) else (np.nan, np.nan)
+    return dict(gain=est, lo=float(lo), hi=float(hi), n_boot=n_boot) if np.isfinite(est) else nan
