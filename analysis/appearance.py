@@ -86,3 +86,12 @@ def ambiguous(corr, d_true, d_null):
     corr = np.asarray(corr).astype(np.int64).ravel()
     keep = np.isfinite(d_true) & np.isfinite(d_null) & (np.asarray(d_null) <= np.asarray(d_true))
     return np.where(keep, corr, -1)
+
+
+def pair_appearance(view1, view2, corr, patch=16, min_dist=MIN_DIST):
+    """Appearance-matched null of one dataset pair (unbatched view dicts with 'img' and 'true_shape'):
+    (target, d_true, d_null) as `appearance_targets`."""
+    px = [patch_pixels(torch.as_tensor(v["img"])[None], torch.as_tensor(v["true_shape"])[None], patch)[0]
+          for v in (view1, view2)]
+    grid2 = np.asarray(view2["true_shape"]).reshape(2) // patch
+    return appearance_targets(descriptor(px[0], patch), descriptor(px[1], patch), corr, grid2, min_dist)

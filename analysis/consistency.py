@@ -158,24 +158,40 @@ def strongest(gains):
     return np.where(allnan, np.nan, np.take_along_axis(g, idx[None], 0)[0]), np.asarray(names)[idx]
 
 
+def _appearance_rows(appearance, corrs):
+    """Per-pair appearance targets -> (M,) in match order (the order of _matches), or None."""
+    if appearance is None:
+        return None
+    parts = [np.asarray(a).ravel()[np.asarray(c).ravel() >= 0] for a, c in zip(appearance, corrs)]
+    return np.concatenate(parts) if parts else np.zeros(0, int)
+
+
+def match_sums(pa, corrs, cols, appearance=None, nulls=NULLS, n_shuffle=N_SHUFFLE, seed=0, block=BLOCK):
+    """UnitSums of latents `cols` on the matches `corrs` against `nulls` (appearance skipped when None)."""
+    from workbench.multiview import _matches
+    rows1, rows2, pair, p1, p2 = _matches(pa, corrs)
+    if len(rows1) < 2 or len(cols) == 0:
+        return None
+    targets = null_targets(pa, rows1, rows2, pair, p1, p2, _appearance_rows(appearance, corrs), seed=seed)
+    targets = {j: t for j, t in targets.items() if j in nulls}
+    return UnitSums(pa, rows1, rows2, pair, p1, targets, cols, n_shuffle=n_shuffle, seed=seed, block=block)
+
+
 def consistency(pa, corrs, appearance=None, min_support=MIN_SUPPORT, alpha=FDR_ALPHA, min_gain=MIN_GAIN,
                 n_shuffle=N_SHUFFLE, n_max=N_MAX, tau=0.0, seed=0, nulls=NULLS, block=BLOCK):
     """Per-latent consistency against the nulls, calibrated p-values, q, gains, labels. See module docstring.
 
     pa: PairActivations (finalized); corrs: per pair (N1,) view-2 token or -1; appearance: per pair (N1,)
     appearance-matched view-2 token or -1 (analysis/appearance.py), None = that null is skipped (reported).
-    Returns a dict of (S,) arrays and scalars; `sums` holds the PairSums of the tested latents (for effects).
+    Returns a dict of (S,) arrays and scalars; `sums` holds the UnitSums of the tested latents (for effects).
     """
     from workbench.multiview import _binarize, _matches
     rows1, rows2, pair, p1, p2 = _matches(pa, corrs)
     S, M = pa.n_latents, len(rows1)
-    app = None
-    if appearance is not None:
-        app = np.concatenate([np.asarray(a).ravel()[np.asarray(c).ravel() >= 0] for a, c in zip(appearance, corrs)]
-                             ) if M else np.zeros(0, int)
+    nulls = [j for j in nulls if j != "appearance" or appearance is not None]
     nan = np.full(S, np.nan)
     out = dict(n_pairs=pa.n_pairs, n_matched=M, min_support=min_support, min_gain=min_gain, alpha=alpha,
-               nulls=[j for j in nulls if j != "appearance" or app is not None])
+               nulls=nulls)
     x, y = pa.z1[rows1].astype(np.float64), pa.z2[rows2].astype(np.float64)
     smin, sx, sy = (np.asarray(v.sum(0)).ravel() for v in (x.minimum(y), x, y))
     xb, yb = _binarize(x, tau), _binarize(y, tau)
@@ -186,30 +202,40 @@ def consistency(pa, corrs, appearance=None, min_support=MIN_SUPPORT, alpha=FDR_A
     tested = (sup1 >= min_support) & (sup2 >= min_support) if M >= 2 else np.zeros(S, bool)
     out.update(jaccard=jaccard(smin, sx + sy), transfer=transfer, support1=sup1, support2=sup2, tested=tested)
     cols = np.nonzero(tested)[0]
-    keys = [f"null_{j}" for j in NULLS] + [f"gain_{j}" for j in NULLS] + [f"p_{j}" for j in NULLS]
-    out.update({k: nan.copy() for k in keys + ["gain", "p", "q"]}, strongest_null=np.full(S, "", object))
-    out["significant"] = out["consistent"] = np.zeros(S, bool)
-    if len(cols) == 0:
-        out["sums"] = None
+    keys = [f"{k}_{j}" for k in ("null", "gain", "p") for j in NULLS] + ["gain", "p", "q"]
+    out.update({k: nan.copy() for k in keys}, strongest_null=np.full(S, "", object), cols=cols)
+    out["significant"], out["consistent"] = np.zeros(S, bool), np.zeros(S, bool)
+    out["sums"] = sums = match_sums(pa, corrs, cols, appearance, nulls, n_shuffle, seed, block)
+    if sums is None:
         return out
-    targets = null_targets(pa, rows1, rows2, pair, p1, p2, app, seed=seed)
-    targets = {j: t for j, t in targets.items() if j in out["nulls"]}
-    sums = UnitSums(pa, rows1, rows2, pair, p1, targets, cols, n_shuffle=n_shuffle, seed=seed, block=block)
     g = sums.gains()
-    pj = {}
-    for i, j in enumerate(targets):
+    pj = []
+    for i, j in enumerate(sums.a_true):
         a_null = sums.a_null_test if j == "shuffle" else sums.a_null[j]
-        pj[j] = sign_flip_pvalues(sums.a_true[j], sums.mass_true[j], a_null, sums.mass_null[j], n_max=n_max,
-                                  seed=seed + 1 + i)[0]
-        out[f"null_{j}"][cols], out[f"gain_{j}"][cols], out[f"p_{j}"][cols] = g[j][1], g[j][2], pj[j]
-    gmin, which = strongest(g)
-    out["gain"][cols], out["strongest_null"][cols] = gmin, which
-    p = np.stack([pj[j] for j in targets])
+        pj.append(sign_flip_pvalues(sums.a_true[j], sums.mass_true[j], a_null, sums.mass_null[j], n_max=n_max,
+                                    seed=seed + 1 + i)[0])
+        out[f"null_{j}"][cols], out[f"gain_{j}"][cols], out[f"p_{j}"][cols] = g[j][1], g[j][2], pj[-1]
+    out["gain"][cols], out["strongest_null"][cols] = strongest(g)
+    p = np.stack(pj)  # intersection-union: beat every null
     out["p"][cols] = np.where(np.isnan(p).all(0), np.nan, np.nanmax(np.where(np.isnan(p), -np.inf, p), 0))
     out["q"] = benjamini_hochberg(out["p"])
     out["significant"] = tested & (np.nan_to_num(out["q"], nan=1.0) <= alpha)
     out["consistent"] = out["significant"] & (np.nan_to_num(out["gain"], nan=-1.0) >= min_gain)
-    out["sums"], out["cols"] = sums, cols
+    return out
+
+
+def stratum_effects(pa, corrs, cols, appearance, values, edges, n_boot=N_BOOT, seed=0, **kw):
+    """Layer effect (mass-weighted gain over the strongest null, bootstrap CI) of latents `cols` on the matches
+    whose value (per pair (N1,) arrays, e.g. rotation, photometric difference, depth ratio) falls in each bin
+    [edges[i], edges[i+1]). Returns a list of dicts: bin, n_pairs, n_matched, gain, lo, hi."""
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = [np.where((np.asarray(c) >= 0) & (np.asarray(v) >= lo) & (np.asarray(v) < hi), c, -1)
+               for c, v in zip(corrs, values)]
+        n = sum(int((s >= 0).sum()) for s in sel)
+        eff = layer_effect(match_sums(pa, sel, cols, appearance, seed=seed, **kw), n_boot=n_boot, seed=seed)
+        out.append(dict(bin=[float(lo), float(hi)], n_pairs=sum(int((s >= 0).any()) for s in sel), n_matched=n,
+                        **eff))
     return out
 
 

@@ -10,8 +10,9 @@ Run through exactly the same consistency statistics as an SAE's codes (analysis/
             position null catches it).
 Every code is a TopK over Gaussian-kernel similarities to S centres drawn from the data (a fixed,
 untrained dictionary: z_k = exp(-|u - c_k|^2 / (2 s^2)) for the k nearest centres, 0 elsewhere), so all
-three have the sparsity of a TopK SAE with the same k. The centres come from the analysed pairs
-themselves (seeded), the kernel width s is the median distance from a point to its nearest centre.
+three have the sparsity of a TopK SAE with the same k. The centres are distinct points drawn from the
+analysed pairs themselves (seeded); s^2 is the median squared distance from a point to its second-nearest
+centre (the nearest may be the point itself).
 """
 import numpy as np
 import torch
@@ -56,14 +57,14 @@ class KernelCode:
 
     def __init__(self, sample, n_centres=N_CENTRES, k=K_ACTIVE, seed=0):
         sample = np.asarray(sample, np.float64)
-        sample = sample[np.isfinite(sample).all(1)]
-        if len(sample) < k:
-            raise ValueError(f"{len(sample)} finite sample points, fewer than k={k}")
+        sample = np.unique(sample[np.isfinite(sample).all(1)], axis=0)  # distinct points: no duplicate latents
+        if len(sample) < max(k, 2):
+            raise ValueError(f"{len(sample)} distinct finite sample points, fewer than k={k} (or 2)")
         rng = np.random.default_rng(seed)
         self.centres = sample[rng.choice(len(sample), min(n_centres, len(sample)), replace=False)]
         self.k = k
         near = np.sort(self._dist2(sample[rng.choice(len(sample), min(2000, len(sample)), replace=False)]), 1)
-        self.s2 = float(np.median(near[:, 1] if len(self.centres) > 1 else near[:, 0])) + 1e-12  # 2nd: not itself
+        self.s2 = float(np.median(near[:, 1])) + 1e-12  # the second-nearest: the nearest may be the point itself
 
     def _dist2(self, u):
         return np.maximum((u ** 2).sum(1)[:, None] - 2 * u @ self.centres.T + (self.centres ** 2).sum(1)[None], 0)
@@ -80,3 +81,46 @@ class KernelCode:
             rows = np.nonzero(ok)[0][:, None]
             z[rows, idx] = np.exp(-np.take_along_axis(d2, idx, 1) / (2 * self.s2))
         return z
+
+
+def depth_ratio(view1, view2, corr, patch=16):
+    """Scale change of every match (N1,): max(d1/d2, d2/d1) of the patches' mean camera depths (NaN unmatched)."""
+    _, d1, ok1 = patch_geometry(view1, patch)
+    _, d2, ok2 = patch_geometry(view2, patch)
+    corr = np.asarray(corr).astype(np.int64).ravel()
+    out = np.full(len(corr), np.nan)
+    m = (corr >= 0) & ok1
+    m[m] &= ok2[corr[m]]
+    r = d1[m] / d2[corr[m]]
+    out[m] = np.maximum(r, 1 / r)
+    return out
+
+
+def control_activations(items, patch=16, n_centres=N_CENTRES, k=K_ACTIVE, seed=0):
+    """The control codes of dataset pairs `items` [(view1, view2)] (unbatched): {name: PairActivations}.
+    'world' only when every pair has geometry. The dictionaries are drawn from these pairs (seeded)."""
+    from analysis.appearance import patch_pixels
+    from workbench.multiview import PairActivations
+    pix, geo, grids, scenes = [], [], [], []
+    has_geo = all("pts3d" in a and "pts3d" in c for a, c in items)
+    for a, c in items:
+        pix.append([patch_pixels(torch.as_tensor(v["img"])[None], torch.as_tensor(v["true_shape"])[None], patch)[0]
+                    .numpy() for v in (a, c)])
+        grids.append([np.asarray(v["true_shape"]).reshape(2) // patch for v in (a, c)])
+        scenes.append(str(a.get("label", a.get("instance", ""))))
+        geo.append([patch_geometry(v, patch) for v in (a, c)] if has_geo else None)
+    codes = {"pixels": (KernelCode(np.concatenate([p for pp in pix for p in pp]), n_centres, k, seed),
+                        lambda i, v: pix[i][v]),
+             "position": (KernelCode(np.concatenate([grid_positions(g) for gg in grids for g in gg]), n_centres, k,
+                                     seed), lambda i, v: grid_positions(grids[i][v]))}
+    if has_geo:
+        pts = np.concatenate([g[0][g[2]] for gg in geo for g in gg])
+        codes["world"] = (KernelCode(pts, n_centres, k, seed), lambda i, v: geo[i][v][0])
+    out = {}
+    for name, (code, feats) in codes.items():
+        pa = PairActivations()
+        for i in range(len(items)):
+            z = [code(feats(i, v), geo[i][v][2] if name == "world" else None) for v in range(2)]
+            pa.add(z[0][None], z[1][None], [grids[i][0]], [grids[i][1]], [scenes[i]])
+        out[name] = pa.finalize()
+    return out

@@ -1,0 +1,84 @@
+"""The instrument's floor and ceiling on built-in scenes with exact geometry (analysis/controls.py).
+
+24 held-out pairs at 224 px (3 scenes): a sparse code of each patch's ground-truth world point must be called
+consistent for >= 80 % of its alive latents, a sparse code of raw pixels for <= 5 %, a code of grid position
+for none. Consistency is decided on the appearance-ambiguous matches (analysis/appearance.py, `ambiguous`).
+"""
+import numpy as np
+import pytest
+import torch
+
+from analysis import appearance as ap
+from analysis.consistency import consistency, layer_effect
+from analysis.controls import KernelCode, control_activations, depth_ratio, patch_geometry
+from data import make_dataset, patch_correspondences
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def controls():
+    ds = make_dataset("builtin", resolution=224, split="test")
+    items = [ds[i] for i in range(24)]
+    corrs = [np.asarray(patch_correspondences(a, c)) for a, c in items]
+    nulls = [ap.pair_appearance(a, c, m) for (a, c), m in zip(items, corrs)]
+    amb = [ap.ambiguous(m, dt, dn) for m, (_, dt, dn) in zip(corrs, nulls)]
+    apps = [t for t, _, _ in nulls]
+    out = {}
+    for name, pa in control_activations(items, n_centres=128, k=8).items():
+        alive = np.asarray((pa.z1.sum(0) + pa.z2.sum(0)) > 0).ravel()
+        out[name] = (consistency(pa, amb, apps, min_support=10), alive, pa)
+    return out, items, corrs, amb, apps
+
+
+def test_world_point_code_is_consistent(controls):
+    c, alive, _ = controls[0]["world"]
+    assert c["consistent"][alive].mean() >= 0.8
+    eff = layer_effect(c["sums"], n_boot=50)
+    assert eff["lo"] > 0.4
+
+
+def test_pixel_code_is_not(controls):
+    c, alive, _ = controls[0]["pixels"]
+    assert c["tested"].sum() >= 0.5 * alive.sum()  # the test had the latents to call
+    assert c["consistent"][alive].mean() <= 0.05
+    assert layer_effect(c["sums"], n_boot=50)["hi"] < 0.1
+
+
+def test_positional_code_is_not(controls):
+    c, alive, _ = controls[0]["position"]
+    assert c["tested"].sum() >= 0.5 * alive.sum()
+    assert not c["consistent"].any()
+
+
+def test_appearance_null_is_the_one_that_catches_pixels(controls):
+    """On ALL matches the pixel code beats every appearance-free null; the appearance-matched null is its
+    strongest null for most latents."""
+    out, items, corrs, amb, apps = controls
+    pa = out["pixels"][2]
+    c = consistency(pa, corrs, apps, min_support=10, nulls=("position", "shift", "shuffle", "scene"))
+    assert c["consistent"][c["tested"]].mean() > 0.3  # what the old nulls let through
+    c = consistency(pa, corrs, apps, min_support=10)
+    t = c["tested"]
+    assert np.mean(c["strongest_null"][t] == "appearance") > 0.5
+
+
+def test_patch_geometry_and_depth_ratio(controls):
+    _, items, corrs, _, _ = controls
+    a, b = items[0]
+    pts, depth, ok = patch_geometry(a)
+    assert pts.shape == (196, 3) and ok.mean() > 0.9
+    np.testing.assert_allclose(depth[ok], np.asarray(a["depthmap"]).reshape(14, 16, 14, 16).mean((1, 3)).ravel()[ok],
+                               rtol=1e-5)  # all pixels valid in a closed room
+    r = depth_ratio(a, b, corrs[0])
+    m = corrs[0] >= 0
+    assert np.isfinite(r[m]).all() and (r[m] >= 1).all() and np.isnan(r[~m]).all()
+
+
+def test_kernel_code_is_sparse_and_deterministic():
+    rng = np.random.default_rng(0)
+    pts = rng.normal(size=(500, 3))
+    a, b = KernelCode(pts, n_centres=64, k=4, seed=1), KernelCode(pts, n_centres=64, k=4, seed=1)
+    z = a(pts[:20])
+    assert ((z > 0).sum(1) == 4).all() and np.array_equal(z, b(pts[:20]))
+    assert not a(pts[:3], valid=[True, False, True])[1].any()
