@@ -3,7 +3,8 @@
 Re-implemented from a written spec of the official code (naver/dust3r @4c24a6e,
 naver/croco @d7de070). Module and parameter names are the official state-dict keys, so the released
 checkpoints load with strict=True (see models/loading.py). What the official code lacks and we add:
-  * hook points named by module path ('enc_blocks.23', 'dec_blocks2.11', ...): `forward_hooks` returns
+  * hook points named by module path ('enc_blocks.23', 'dec_blocks2.11', ...), plus 'pixels' (each 16x16x3
+    input patch as DUSt3R normalises images, the appearance anchor of issue 8): `forward_hooks` returns
     their tokens and computes nothing after the last one it needs;
   * `forward_spliced` runs the full model with a replacement function at any hook points;
   * the heads are real submodules (official: closures, which break deepcopy);
@@ -164,21 +165,53 @@ class PatchEmbed(nn.Module):
             return torch.tensor([[H // self.patch_size, W // self.patch_size]]).repeat(B, 1)
         return true_shape.cpu().long() // self.patch_size
 
-    def forward(self, img, true_shape):
+    def patchify(self, img: torch.Tensor, true_shape: torch.Tensor) -> torch.Tensor:
+        """(B,N,3*p*p) raw pixel tokens in the token order of forward(), channel-major per patch (c, dy, dx),
+        the flattening of proj.weight: forward's tokens = patchify @ proj.weight.reshape(C, -1).T + proj.bias."""
+        p = self.patch_size
+        flat = lambda im: rearrange(im, "b c (h p) (w q) -> b (h w) (c p q)", p=p, q=p)  # noqa: E731
+        if not self.many_ar:
+            return flat(img)
+        portrait = (true_shape[:, 0] > true_shape[:, 1]).to(img.device)
+        out = img.new_zeros((img.shape[0], (img.shape[2] // p) * (img.shape[3] // p), 3 * p * p))
+        for sel, im in ((~portrait, img), (portrait, img.transpose(-1, -2))):
+            if sel.any():
+                out[sel] = flat(im[sel])
+        return out
+
+    def forward(self, img, true_shape, pixel_tap=None):
+        """-> tokens (B,N,C), positions (B,N,2). pixel_tap(pixels (B,N,3*p*p)) -> pixels: the `pixels` hook
+        point; when it returns new pixels the conv runs as the linear map it is, on them."""
         B, _, H, W = img.shape
         p = self.patch_size
         assert H % p == 0 and W % p == 0, f"image size {H}x{W} is not a multiple of the patch size {p}"
+        if pixel_tap is not None:
+            pix = self.patchify(img, true_shape)
+            new = pixel_tap(pix)
+            if new is not pix:  # edited: the same affine map as the conv (float sums in another order)
+                x = new.to(img.dtype) @ self.proj.weight.reshape(self.proj.out_channels, -1).T + self.proj.bias
+                return x, self._pos(img, true_shape)
         if not self.many_ar:
             return rearrange(self.proj(img), "b c h w -> b (h w) c"), _positions(B, H // p, W // p, img.device)
         assert W >= H, "ManyAR patch embedding takes landscape tensors (portrait items are transposed)"
         portrait = (true_shape[:, 0] > true_shape[:, 1]).to(img.device)  # official: landscape iff w >= h
         x = img.new_zeros((B, (H // p) * (W // p), self.proj.out_channels))
-        pos = torch.zeros((B, x.shape[1], 2), dtype=torch.long, device=img.device)
-        for sel, im, (h, w) in ((~portrait, img, (H // p, W // p)), (portrait, img.transpose(-1, -2), (W // p, H // p))):
+        for sel, im in ((~portrait, img), (portrait, img.transpose(-1, -2))):
             if sel.any():
                 x[sel] = rearrange(self.proj(im[sel]), "b c h w -> b (h w) c").to(x.dtype)
+        return x, self._pos(img, true_shape)
+
+    def _pos(self, img, true_shape):
+        B, _, H, W = img.shape
+        p = self.patch_size
+        if not self.many_ar:
+            return _positions(B, H // p, W // p, img.device)
+        portrait = (true_shape[:, 0] > true_shape[:, 1]).to(img.device)
+        pos = torch.zeros((B, (H // p) * (W // p), 2), dtype=torch.long, device=img.device)
+        for sel, (h, w) in ((~portrait, (H // p, W // p)), (portrait, (W // p, H // p))):
+            if sel.any():
                 pos[sel] = _positions(1, h, w, img.device)
-        return x, pos
+        return pos
 
 
 def _positions(B, h, w, device):
@@ -264,7 +297,7 @@ class AsymmetricCroCo3DStereo(nn.Module):
             self.downstream_head2 = DPTHead(hooks, dims, patch_size)
         else:
             raise ValueError(f"head_type={head_type!r}: expected 'linear' or 'dpt'")
-        self.hook_points = (["patch_embed"] + [f"enc_blocks.{i}" for i in range(enc_depth)]
+        self.hook_points = (["pixels", "patch_embed"] + [f"enc_blocks.{i}" for i in range(enc_depth)]
                             + ["enc_norm", "decoder_embed"]
                             + [f"dec_blocks{s}.{i}" for i in range(dec_depth) for s in ("", "2")] + ["dec_norm"])
         self._order = {name: i for i, name in enumerate(self.hook_points)}
@@ -292,7 +325,7 @@ class AsymmetricCroCo3DStereo(nn.Module):
     def _check(self, names):
         bad = [n for n in names if n not in self._order]
         if bad:
-            raise KeyError(f"unknown hook point(s) {bad}; valid: patch_embed, enc_blocks.0..{len(self.enc_blocks) - 1}, "
+            raise KeyError(f"unknown hook point(s) {bad}; valid: pixels, patch_embed, enc_blocks.0..{len(self.enc_blocks) - 1}, "
                            f"enc_norm, decoder_embed, dec_blocks.i, dec_blocks2.i (0..{len(self.dec_blocks) - 1}), dec_norm")
 
     def _run(self, view1, view2, edits, record, heads):
@@ -316,6 +349,7 @@ class AsymmetricCroCo3DStereo(nn.Module):
                     tokens[name][v - 1] = t
             return x
 
+        tap.active = set(edits) | set(record)  # hook points anyone asked for (the pixel tokens cost a copy)
         # encoder: same-size views go through as one batch, as official (it changes CPU numerics by ~1e-5)
         if img1.shape[-2:] == img2.shape[-2:]:
             feat, pos = self._encode(torch.cat((img1, img2)), torch.cat((shape1, shape2)), (1, 2), tap, upto)
@@ -360,7 +394,8 @@ class AsymmetricCroCo3DStereo(nn.Module):
         return self.dec_embed_dim // self.dec_blocks[0].attn.num_heads if len(self.dec_blocks) else 2
 
     def _encode(self, img, true_shape, views, tap, upto):
-        x, pos = self.patch_embed(img, true_shape)  # (B,N,Ce), (B,N,2)
+        tap_pixels = (lambda t: tap("pixels", t, views)) if "pixels" in tap.active else None  # (B,N,3*p*p)
+        x, pos = self.patch_embed(img, true_shape, tap_pixels)  # (B,N,Ce), (B,N,2)
         x = tap("patch_embed", x, views)
         if not upto("enc_blocks.0") and not upto("enc_norm"):
             return x, pos
