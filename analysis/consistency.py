@@ -241,8 +241,10 @@ def stratum_effects(pa, corrs, cols, appearance, values, edges, n_boot=N_BOOT, s
 
 def layer_effect(sums, n_boot=N_BOOT, seed=0, level=0.95):
     """Activation-mass-weighted gain over the strongest null of the latents in `sums`, with a bootstrap CI
-    over pairs: dict(gain, lo, hi, n_boot). Weights: each latent's matched activation mass (sum x + sum y)."""
-    nan = dict(gain=float("nan"), lo=float("nan"), hi=float("nan"), n_boot=n_boot)
+    over pairs: dict(gain, lo, hi, n_boot, samples). Weights: each latent's matched activation mass (sum x + sum y).
+    The resamples depend only on (seed, number of pairs): runs analysed on the same pairs with the same seed
+    share them, so `excess` can pair them."""
+    nan = dict(gain=float("nan"), lo=float("nan"), hi=float("nan"), n_boot=n_boot, samples=None)
     if sums is None:
         return nan
 
@@ -259,4 +261,14 @@ def layer_effect(sums, n_boot=N_BOOT, seed=0, level=0.95):
     b = np.concatenate(boots) if boots else np.zeros(0)
     a = (1 - level) / 2
     lo, hi = np.quantile(b, [a, 1 - a]) if len(b) else (np.nan, np.nan)
-    return dict(gain=est, lo=float(lo), hi=float(hi), n_boot=n_boot) if np.isfinite(est) else nan
+    return dict(gain=est, lo=float(lo), hi=float(hi), n_boot=n_boot, samples=b) if np.isfinite(est) else nan
+
+
+def excess(effect, anchor, level=0.95):
+    """Effect minus the anchor's, with a paired bootstrap CI (both from layer_effect on the same pairs and seed)."""
+    if effect["samples"] is None or anchor["samples"] is None or len(effect["samples"]) != len(anchor["samples"]):
+        return dict(gain=float("nan"), lo=float("nan"), hi=float("nan"))
+    d = np.asarray(effect["samples"]) - np.asarray(anchor["samples"])
+    a = (1 - level) / 2
+    lo, hi = np.quantile(d, [a, 1 - a])
+    return dict(gain=effect["gain"] - anchor["gain"], lo=float(lo), hi=float(hi))

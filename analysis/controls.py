@@ -83,10 +83,10 @@ class KernelCode:
         return z
 
 
-def depth_ratio(view1, view2, corr, patch=16):
-    """Scale change of every match (N1,): max(d1/d2, d2/d1) of the patches' mean camera depths (NaN unmatched)."""
-    _, d1, ok1 = patch_geometry(view1, patch)
-    _, d2, ok2 = patch_geometry(view2, patch)
+def depth_ratio(geo1, geo2, corr):
+    """Scale change of every match (N1,): max(d1/d2, d2/d1) of the patches' mean camera depths (NaN unmatched);
+    geo1 / geo2: patch_geometry of the two views."""
+    (_, d1, ok1), (_, d2, ok2) = geo1, geo2
     corr = np.asarray(corr).astype(np.int64).ravel()
     out = np.full(len(corr), np.nan)
     m = (corr >= 0) & ok1
@@ -96,31 +96,23 @@ def depth_ratio(view1, view2, corr, patch=16):
     return out
 
 
-def control_activations(items, patch=16, n_centres=N_CENTRES, k=K_ACTIVE, seed=0):
-    """The control codes of dataset pairs `items` [(view1, view2)] (unbatched): {name: PairActivations}.
-    'world' only when every pair has geometry. The dictionaries are drawn from these pairs (seeded)."""
-    from analysis.appearance import patch_pixels
+def control_activations(features, n_centres=N_CENTRES, k=K_ACTIVE, seed=0):
+    """The control codes of pairs described by `features` (analysis/instrument.py, pair_features):
+    {name: PairActivations}; 'world' only when every pair has geometry. Dictionaries drawn from these pairs."""
     from workbench.multiview import PairActivations
-    pix, geo, grids, scenes = [], [], [], []
-    has_geo = all("pts3d" in a and "pts3d" in c for a, c in items)
-    for a, c in items:
-        pix.append([patch_pixels(torch.as_tensor(v["img"])[None], torch.as_tensor(v["true_shape"])[None], patch)[0]
-                    .numpy() for v in (a, c)])
-        grids.append([np.asarray(v["true_shape"]).reshape(2) // patch for v in (a, c)])
-        scenes.append(str(a.get("label", a.get("instance", ""))))
-        geo.append([patch_geometry(v, patch) for v in (a, c)] if has_geo else None)
-    codes = {"pixels": (KernelCode(np.concatenate([p for pp in pix for p in pp]), n_centres, k, seed),
-                        lambda i, v: pix[i][v]),
-             "position": (KernelCode(np.concatenate([grid_positions(g) for gg in grids for g in gg]), n_centres, k,
-                                     seed), lambda i, v: grid_positions(grids[i][v]))}
-    if has_geo:
-        pts = np.concatenate([g[0][g[2]] for gg in geo for g in gg])
-        codes["world"] = (KernelCode(pts, n_centres, k, seed), lambda i, v: geo[i][v][0])
+    pix = [[p.astype(np.float64) for p in f["pixels"]] for f in features]
+    grids = [f["grid"] for f in features]
+    codes = {"pixels": (np.concatenate([p for pp in pix for p in pp]), lambda i, v: (pix[i][v], None)),
+             "position": (np.concatenate([grid_positions(g) for gg in grids for g in gg]),
+                          lambda i, v: (grid_positions(grids[i][v]), None))}
+    if all(f["geometry"] is not None for f in features):
+        geo = [f["geometry"] for f in features]
+        codes["world"] = (np.concatenate([g[0][g[2]] for gg in geo for g in gg]), lambda i, v: geo[i][v][::2])
     out = {}
-    for name, (code, feats) in codes.items():
-        pa = PairActivations()
-        for i in range(len(items)):
-            z = [code(feats(i, v), geo[i][v][2] if name == "world" else None) for v in range(2)]
-            pa.add(z[0][None], z[1][None], [grids[i][0]], [grids[i][1]], [scenes[i]])
+    for name, (sample, feats) in codes.items():
+        code, pa = KernelCode(sample, n_centres, k, seed), PairActivations()
+        for i, f in enumerate(features):
+            z = [code(*feats(i, v)) for v in range(2)]
+            pa.add(z[0][None], z[1][None], [grids[i][0]], [grids[i][1]], [f["scene"]])
         out[name] = pa.finalize()
     return out

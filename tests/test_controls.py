@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from analysis import appearance as ap
-from analysis.consistency import consistency, layer_effect
+from analysis import appearance as ap, instrument
+from analysis.consistency import consistency, excess, layer_effect
 from analysis.controls import KernelCode, control_activations, depth_ratio, patch_geometry
 from data import make_dataset, patch_correspondences
 
@@ -21,14 +21,15 @@ def controls():
     ds = make_dataset("builtin", resolution=224, split="test")
     items = [ds[i] for i in range(24)]
     corrs = [np.asarray(patch_correspondences(a, c)) for a, c in items]
-    nulls = [ap.pair_appearance(a, c, m) for (a, c), m in zip(items, corrs)]
+    features = [instrument.pair_features(a, c) for a, c in items]
+    nulls = instrument.appearance_nulls(features, corrs)
     amb = [ap.ambiguous(m, dt, dn) for m, (_, dt, dn) in zip(corrs, nulls)]
     apps = [t for t, _, _ in nulls]
     out = {}
-    for name, pa in control_activations(items, n_centres=128, k=8).items():
+    for name, pa in control_activations(features, n_centres=128, k=8).items():
         alive = np.asarray((pa.z1.sum(0) + pa.z2.sum(0)) > 0).ravel()
         out[name] = (consistency(pa, amb, apps, min_support=10), alive, pa)
-    return out, items, corrs, amb, apps
+    return out, items, corrs, features, apps
 
 
 def test_world_point_code_is_consistent(controls):
@@ -54,7 +55,7 @@ def test_positional_code_is_not(controls):
 def test_appearance_null_is_the_one_that_catches_pixels(controls):
     """On ALL matches the pixel code beats every appearance-free null; the appearance-matched null is its
     strongest null for most latents."""
-    out, items, corrs, amb, apps = controls
+    out, items, corrs, features, apps = controls
     pa = out["pixels"][2]
     c = consistency(pa, corrs, apps, min_support=10, nulls=("position", "shift", "shuffle", "scene"))
     assert c["consistent"][c["tested"]].mean() > 0.3  # what the old nulls let through
@@ -64,13 +65,13 @@ def test_appearance_null_is_the_one_that_catches_pixels(controls):
 
 
 def test_patch_geometry_and_depth_ratio(controls):
-    _, items, corrs, _, _ = controls
+    _, items, corrs, features, _ = controls
     a, b = items[0]
     pts, depth, ok = patch_geometry(a)
     assert pts.shape == (196, 3) and ok.mean() > 0.9
     np.testing.assert_allclose(depth[ok], np.asarray(a["depthmap"]).reshape(14, 16, 14, 16).mean((1, 3)).ravel()[ok],
                                rtol=1e-5)  # all pixels valid in a closed room
-    r = depth_ratio(a, b, corrs[0])
+    r = depth_ratio(*features[0]["geometry"], corrs[0])
     m = corrs[0] >= 0
     assert np.isfinite(r[m]).all() and (r[m] >= 1).all() and np.isnan(r[~m]).all()
 
@@ -82,3 +83,24 @@ def test_kernel_code_is_sparse_and_deterministic():
     z = a(pts[:20])
     assert ((z > 0).sum(1) == 4).all() and np.array_equal(z, b(pts[:20]))
     assert not a(pts[:3], valid=[True, False, True])[1].any()
+
+
+def test_instrument_reports_strata_and_controls(controls):
+    """The whole instrument on the world-point code: decision, effects with CIs, strata, paired excess."""
+    out, items, corrs, features, _ = controls
+    rot = [instrument_rot(a, c) for a, c in items]
+    r = instrument.assess(out["world"][2], corrs, features, rot=rot, min_support=10, n_boot=50)
+    assert r["n_ambiguous"] < r["n_matched"] and r["effect"]["lo"] > 0.4
+    for key in ("strata_rotation", "strata_photometric", "strata_scale"):
+        assert sum(s["n_matched"] for s in r[key]) == r["n_matched"], key  # the bins cover every match once
+    assert len(r["strata_photometric"]) == instrument.N_QUANTILES
+    px = instrument.assess(out["pixels"][2], corrs, features, strata=False, min_support=10, n_boot=50)
+    ex = excess(r["effect"], px["effect"])
+    assert ex["lo"] > 0.3 and ex["lo"] <= ex["gain"] <= ex["hi"]
+    lines = instrument.summary_lines(r, 128, anchor=dict(name="pixel code", k=8, excess=ex))
+    assert any("power" in s for s in lines) and any("excess" in s for s in lines)
+
+
+def instrument_rot(a, c):
+    r = np.asarray(a["camera_pose"])[:3, :3].T @ np.asarray(c["camera_pose"])[:3, :3]
+    return float(np.degrees(np.arccos(np.clip((np.trace(r) - 1) / 2, -1, 1))))
