@@ -7,7 +7,7 @@ import torch
 
 from data import collate_pairs, make_dataset
 from workbench.activations import build_dust3r, hook_sources
-from workbench.evaluate import CONF_ALPHA, EvalSet, LossSum, evaluate, ground_truth
+from workbench.evaluate import CONF_ALPHA, EvalSet, LossSum, evaluate, fidelity_score, ground_truth
 
 torch.set_num_threads(1)
 
@@ -64,7 +64,11 @@ def test_fidelity_score_ends(hook):
     perfect = evaluate(_Stub(32), ev)
     assert perfect["fvu"] == pytest.approx(0, abs=1e-12)
     assert perfect["score_vs_clean"] == pytest.approx(1, abs=1e-5)
-    assert perfect["score_vs_gt"] == pytest.approx(1, abs=1e-4)
+    assert perfect["ablation_gap_vs_clean_lo"] > 0  # ablating hurts: the score is defined
+    if perfect["ablation_gap_vs_gt_lo"] > 0:
+        assert perfect["score_vs_gt"] == pytest.approx(1, abs=1e-4)
+    else:  # random weights: ablation does not hurt against ground truth, so no score, and a reason
+        assert math.isnan(perfect["score_vs_gt"]) and "does not lie above 0" in perfect["score_vs_gt_reason"]
     if len(ev.means) == 1:  # one hook point: decoding to its mean is exactly the mean-ablation
         mean = evaluate(_Stub(32, const=next(iter(ev.means.values()))), ev)
         assert mean["score_vs_clean"] == pytest.approx(0, abs=1e-5)
@@ -72,3 +76,23 @@ def test_fidelity_score_ends(hook):
     else:  # two branches, two means: the pooled FVU is reported per branch too
         assert {"fvu_branch1", "fvu_branch2"} <= set(perfect)
     assert math.isfinite(perfect["L_ablate_vs_gt"]) and perfect["L_ablate_vs_clean"] > perfect["L_clean_vs_clean"]
+
+
+def test_fidelity_score_is_nan_when_ablation_does_not_hurt():
+    """A denominator whose bootstrap CI includes 0 (or lies below it) gives NaN and a reason, never a number."""
+    g = torch.Generator().manual_seed(0)
+    gt = [torch.randn(6, 4, 5, 3, generator=g) + 3 for _ in range(2)]
+    conf = [1 + torch.rand(6, 4, 5, generator=g) for _ in range(2)]
+    valid = [torch.ones(6, 4, 5, dtype=torch.bool) for _ in range(2)]
+    noisy = lambda s: [p + s * torch.randn(p.shape, generator=g) for p in gt]  # noqa: E731
+    sums = {}
+    for name, scale in (("clean", 0.3), ("ablate", 0.3), ("sae", 0.3), ("bad", 1.0), ("good", 0.05)):
+        sums[name] = LossSum()
+        sums[name].update(noisy(scale), conf, gt, valid)
+    out = fidelity_score(sums["clean"], sums["ablate"], sums["sae"], "gt")
+    assert math.isnan(out["score_vs_gt"]) and "does not lie above 0" in out["score_vs_gt_reason"]
+    out = fidelity_score(sums["good"], sums["bad"], sums["sae"], "gt")  # ablation clearly hurts: a score with a CI
+    assert out["ablation_gap_vs_gt_lo"] > 0 and "score_vs_gt_reason" not in out
+    assert out["score_vs_gt_lo"] <= out["score_vs_gt"] <= out["score_vs_gt_hi"]
+    lc, la, ls = (sums[k].value() for k in ("good", "bad", "sae"))
+    assert out["score_vs_gt"] == pytest.approx((la - ls) / (la - lc))

@@ -15,7 +15,13 @@ both views, per-pixel Euclidean error, weighted by the run's confidence minus al
 over valid pixels per view and summed over the two views (naver/dust3r losses.py). L is measured against
 the clean run's pointmaps (all pixels valid), and against ground truth where the dataset has geometry.
 The clean and mean-ablated runs depend only on the eval set, so they are computed once.
+The score is only defined when ablating the hook point measurably hurts: the denominator L_ablate - L_clean
+gets a bootstrap 95 % CI over eval pairs (N_BOOT resamples; the three losses resampled together), and
+where that CI does not lie above 0 the score is NaN and `score_vs_<key>_reason` says why (a random-weight
+model, or a hook point whose mean carries the output, has nothing to recover). Otherwise the score comes
+with its own CI from the same resamples (`score_vs_<key>_lo`, `_hi`).
 """
+import numpy as np
 import torch
 from einops import einsum
 
@@ -23,25 +29,29 @@ from models.sae import FVU, FiringStats
 from workbench.activations import autocast, extract, views_to
 
 CONF_ALPHA = 0.2  # DUSt3R's training recipe: ConfLoss(Regr3D(L21, norm_mode='avg_dis'), alpha=0.2)
+N_BOOT = 1000  # bootstrap resamples over eval pairs for the fidelity denominator and score
 
 
 class LossSum:
     """Dataset-level ConfLoss(Regr3D): per view, sum of the per-pixel terms over valid pixels / their count."""
 
     def __init__(self):
-        self.num, self.den = [0.0, 0.0], [0, 0]
+        self.num, self.den = [[], []], [[], []]  # per view, per pair: sum of terms, valid pixels
 
     def update(self, pts, conf, gt, valid, alpha=CONF_ALPHA):
         """pts, gt: pairs (view 1, view 2) of (B,H,W,3) in view 1's frame; conf, valid: pairs of (B,H,W)."""
         pts, gt = normalize_avg_dis(pts, valid), normalize_avg_dis(gt, valid)
         for v in range(2):
             err = (pts[v] - gt[v]).norm(dim=-1)  # (B,H,W) L21
-            term = err * conf[v] - alpha * torch.log(conf[v])
-            self.num[v] += float(term[valid[v]].double().sum())
-            self.den[v] += int(valid[v].sum())
+            term = torch.where(valid[v], err * conf[v] - alpha * torch.log(conf[v]), 0).double()
+            self.num[v] += term.sum((1, 2)).tolist()
+            self.den[v] += valid[v].sum((1, 2)).tolist()
 
-    def value(self):
-        return sum(n / max(d, 1) for n, d in zip(self.num, self.den))
+    def value(self, w=None):
+        """The loss; with pair weights w (B, P) (bootstrap resample counts) one value per resample (B,)."""
+        if w is None:
+            return sum(sum(n) / max(sum(d), 1) for n, d in zip(self.num, self.den))
+        return sum((w @ np.asarray(n)) / np.maximum(w @ np.asarray(d, np.float64), 1) for n, d in zip(self.num, self.den))
 
 
 def normalize_avg_dis(pts, valid):
@@ -71,6 +81,26 @@ def _outputs(res1, res2):
     return pts, [res1["conf"].float().cpu(), res2["conf"].float().cpu()]
 
 
+def fidelity_score(clean, ablate, sae, key, n_boot=N_BOOT, seed=0):
+    """score = (L_ablate - L_sae) / (L_ablate - L_clean) from three LossSums over the same eval pairs, NaN with a
+    reason unless the bootstrap 95 % CI of L_ablate - L_clean lies above 0 (module docstring)."""
+    lc, la, ls = clean.value(), ablate.value(), sae.value()
+    P = len(clean.num[0])
+    w = np.random.default_rng(seed).multinomial(P, np.full(P, 1 / P), size=n_boot).astype(np.float64)  # (B, P)
+    bc, ba, bs = clean.value(w), ablate.value(w), sae.value(w)
+    den_lo, den_hi = np.quantile(ba - bc, [0.025, 0.975])
+    out = {f"L_clean_vs_{key}": lc, f"L_ablate_vs_{key}": la, f"L_sae_vs_{key}": ls,
+           f"ablation_gap_vs_{key}": la - lc, f"ablation_gap_vs_{key}_lo": float(den_lo),
+           f"ablation_gap_vs_{key}_hi": float(den_hi)}
+    if den_lo > 0:
+        s_lo, s_hi = np.quantile((ba - bs) / (ba - bc), [0.025, 0.975])
+        return dict(out, **{f"score_vs_{key}": (la - ls) / (la - lc), f"score_vs_{key}_lo": float(s_lo),
+                            f"score_vs_{key}_hi": float(s_hi)})
+    why = (f"undefined: L_ablate - L_clean = {la - lc:.4g}, bootstrap 95 % CI [{den_lo:.4g}, {den_hi:.4g}] over {P} "
+           "eval pairs does not lie above 0 (mean-ablating this hook point does not measurably hurt DUSt3R)")
+    return dict(out, **{f"score_vs_{key}": float("nan"), f"score_vs_{key}_reason": why})
+
+
 class EvalSet:
     """Held-out pairs prepared once: hook tokens (n, T, C), branch ids, and for the spliced score the view
     batches plus the clean and mean-ablated losses."""
@@ -86,7 +116,7 @@ class EvalSet:
             self.means[name] = tokens[:, sel].float().reshape(-1, tokens.shape[-1]).mean(0)
         self.loss_clean, self.loss_ablate = {}, {}
         if model is not None and self.batches:
-            clean, gt_l, ablate = LossSum(), LossSum(), LossSum()
+            clean, ablate = LossSum(), LossSum()
             ablate_gt, clean_gt = LossSum(), LossSum()
             for view1, view2 in self.batches:
                 pts, conf = self._run(view1, view2, {})
@@ -102,9 +132,9 @@ class EvalSet:
                 if gt is not None:
                     clean_gt.update(pts, conf, *gt)
                     ablate_gt.update(a_pts, a_conf, *gt)
-            self.loss_clean["clean"], self.loss_ablate["clean"] = clean.value(), ablate.value()
+            self.loss_clean["clean"], self.loss_ablate["clean"] = clean, ablate  # LossSums: per-pair terms kept
             if all(g is not None for g in self.gt):
-                self.loss_clean["gt"], self.loss_ablate["gt"] = clean_gt.value(), ablate_gt.value()
+                self.loss_clean["gt"], self.loss_ablate["gt"] = clean_gt, ablate_gt
 
     @classmethod
     def from_model(cls, model, dataset, sources, device, n_pairs, batch_size, fidelity=True):
@@ -167,8 +197,6 @@ def evaluate(sae, ev, chunk_tokens=8192, dense_thresh=1e-2):
                 sae_gt.update(pts, conf, *gt)
         for key, L in (("clean", sae_clean), ("gt", sae_gt)):
             if key in ev.loss_clean:
-                lc, la, ls = ev.loss_clean[key], ev.loss_ablate[key], L.value()
-                out.update({f"L_clean_vs_{key}": lc, f"L_ablate_vs_{key}": la, f"L_sae_vs_{key}": ls,
-                            f"score_vs_{key}": (la - ls) / (la - lc) if la != lc else float("nan")})
+                out.update(fidelity_score(ev.loss_clean[key], ev.loss_ablate[key], L, key))
     sae.train(was_training)
     return out

@@ -349,6 +349,8 @@ def log_eval(run, step, tokens, m):
     run.log(f"step {step}: eval fvu {m['fvu']:.4f} l0 {m['l0']:.1f} dead {m['dead_frac']:.3f} "
             f"dense {m['dense_frac']:.3f} score_vs_clean {m.get('score_vs_clean', float('nan')):.3f} "
             f"score_vs_gt {m.get('score_vs_gt', float('nan')):.3f}")
+    for key in sorted(k for k in m if k.endswith("_reason")):  # why a fidelity score is NaN, never silently
+        run.log(f"step {step}: {key[:-len('_reason')]} {m[key]}")
 
 
 class Checkpoints:
