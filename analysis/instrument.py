@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from analysis import appearance as ap
-from analysis.consistency import MIN_GAIN, consistency, layer_effect, stratum_effects
+from analysis.consistency import consistency, excess, layer_effect, stratum_effects
 from analysis.controls import control_activations, depth_ratio, patch_geometry
 
 SCALE_BINS = (1.0, 1.1, 1.25, 1.5, np.inf)  # depth ratio max(d1/d2, d2/d1): same scale .. >= 1.5x zoom
@@ -127,4 +127,47 @@ def summary_lines(r, n_alive, ctrl=None, anchor=None):
     if anchor:
         lines.append(f"- Against the appearance anchor ({anchor['name']}, k={anchor['k']}): excess effect "
                      f"**{fmt_effect(anchor['excess'])}** (paired bootstrap over the same pairs).")
+    return lines
+
+
+def layer_fields(r, n_alive, ctrl=None):
+    """Flat numbers of one hook point for analysis.json and the layer comparison (effect dicts keep their
+    bootstrap samples under 'effect' for paired excesses; drop them before writing JSON)."""
+    d = r["decision"]
+    out = dict(n_ambiguous=r["n_ambiguous"], n_tested=int(d["tested"].sum()), n_consistent=int(d["consistent"].sum()),
+               frac_consistent_of_alive_power_dependent=float(d["consistent"].sum() / max(n_alive, 1)),
+               effect_gain=r["effect"]["gain"], effect_lo=r["effect"]["lo"], effect_hi=r["effect"]["hi"],
+               effect_all_gain=r["effect_all"]["gain"], effect_all_lo=r["effect_all"]["lo"],
+               effect_all_hi=r["effect_all"]["hi"], min_support=int(d["min_support"]), min_gain=d["min_gain"])
+    for name, c in (ctrl or {}).items():
+        out.update({f"control_{name}_consistent": c["n_consistent"], f"control_{name}_alive": c["n_alive"],
+                    f"control_{name}_effect_gain": c["effect"]["gain"], f"control_{name}_effect_lo": c["effect"]["lo"],
+                    f"control_{name}_effect_hi": c["effect"]["hi"]})
+    return out
+
+
+def comparison_lines(rows):
+    """layers.md body: one row per run in the given order, each with its excess effect over the appearance anchor
+    at the same k (a `pixels` run with that k when one was given, else the raw-pixel control code at that k on the
+    same pairs), so the anchor is always in the table. rows: dicts with run, hook, k, n_pairs, min_support,
+    n_alive, n_consistent, effect (layer_effect dict), controls (instrument.controls or None)."""
+    anchors = {r["k"]: ("pixels SAE " + r["run"], r["effect"]) for r in rows if r["hook"] == "pixels"}
+    head = ("| run | hook | k | pairs | min_support | consistent / alive (power-dependent) | effect [95 % CI] | "
+            "anchor | excess over anchor [95 % CI] |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    extra = []
+    for r in rows:
+        name, eff = anchors.get(r["k"], (None, None))
+        ctrl = (r.get("controls") or {}).get("pixels")
+        if name is None and ctrl is not None:
+            name, eff = f"pixel code k={r['k']} (control)", ctrl["effect"]
+            if not any(e[0] == name for e in extra):
+                extra.append((name, r, ctrl))
+        ex = excess(r["effect"], eff) if eff is not None else None
+        lines.append(f"| {r['run']} | {r['hook']} | {r['k']} | {r['n_pairs']} | {r['min_support']} | "
+                     f"{r['n_consistent']}/{r['n_alive']} | {fmt_effect(r['effect'])} | {name or 'none (controls off)'} | "
+                     f"{'anchor' if r['hook'] == 'pixels' else fmt_effect(ex)} |")
+    for name, r, c in extra:  # the control anchors as rows of their own
+        lines.append(f"| {name} | raw pixels | {r['k']} | {r['n_pairs']} | {r['min_support']} | "
+                     f"{c['n_consistent']}/{c['n_alive']} | {fmt_effect(c['effect'])} | - | anchor |")
     return lines

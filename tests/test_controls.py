@@ -104,3 +104,21 @@ def test_instrument_reports_strata_and_controls(controls):
 def instrument_rot(a, c):
     r = np.asarray(a["camera_pose"])[:3, :3].T @ np.asarray(c["camera_pose"])[:3, :3]
     return float(np.degrees(np.arccos(np.clip((np.trace(r) - 1) / 2, -1, 1))))
+
+
+def test_comparison_always_has_an_anchor_at_the_same_k():
+    rng = np.random.default_rng(0)
+
+    def eff(g):
+        s = g + 0.01 * rng.standard_normal(100)
+        return dict(gain=g, lo=float(np.quantile(s, 0.025)), hi=float(np.quantile(s, 0.975)), samples=s)
+
+    ctrl = {"pixels": dict(effect=eff(0.02), n_consistent=0, n_alive=100)}
+    base = dict(n_pairs=32, min_support=50, n_alive=100, n_consistent=10, controls=ctrl)
+    rows = [dict(base, run="a", hook="enc_blocks.1", k=4, effect=eff(0.3)),
+            dict(base, run="b", hook="enc_blocks.1", k=32, effect=eff(0.4)),
+            dict(base, run="px", hook="pixels", k=32, effect=eff(0.1))]
+    lines = instrument.comparison_lines(rows)
+    assert "| a | enc_blocks.1 | 4 |" in lines[2] and "pixel code k=4 (control)" in lines[2]
+    assert "pixels SAE px" in lines[3] and "0.300 [" in lines[3]  # excess 0.4 - 0.1 over the SAE anchor at k=32
+    assert lines[4].endswith("| anchor |") and lines[-1].startswith("| pixel code k=4 (control) |")
