@@ -39,6 +39,31 @@ MIN_SHIFT = 3  # patches; the shift null moves m(p) by >= this (Chebyshev, on a 
 BLOCK = 4  # swap units of the sign-flip tests: 4x4 view-1 patches of one pair (64 px at 224; permutation.py)
 
 
+def _binarize(x, tau):
+    """CSR of 1.0 where x > tau (tau: scalar or (S,) per-latent threshold)."""
+    xb = x.copy()
+    thr = tau if np.isscalar(tau) else np.asarray(tau)[xb.indices]
+    xb.data = (xb.data > thr).astype(np.float64)
+    xb.eliminate_zeros()
+    return xb
+
+
+def _matches(pa, corrs):
+    """Row indices of matched tokens: view-1 rows, view-2 rows, pair id, view-1 token, view-2 token."""
+    if len(corrs) != pa.n_pairs:
+        raise ValueError(f"{len(corrs)} correspondence arrays for {pa.n_pairs} pairs")
+    out = [[], [], [], [], []]
+    for n, c in enumerate(corrs):
+        c = np.asarray(c).astype(np.int64).ravel()
+        if len(c) != pa.start1[n + 1] - pa.start1[n]:
+            raise ValueError(f"pair {n}: corr has {len(c)} entries, view 1 has "
+                             f"{pa.start1[n + 1] - pa.start1[n]} tokens")
+        p = np.nonzero(c >= 0)[0]
+        for lst, v in zip(out, (pa.start1[n] + p, pa.start2[n] + c[p], np.full(len(p), n), p, c[p])):
+            lst.append(v)
+    return [np.concatenate(v) if v else np.zeros(0, int) for v in out]
+
+
 def _unit_sum(unit, n_units, v):
     """(M, S) sparse rows -> (U, S) sparse float64 sums of the rows of each unit."""
     g = sp.csr_matrix((np.ones(len(unit)), (unit, np.arange(len(unit)))), shape=(n_units, len(unit)))
@@ -128,7 +153,8 @@ class UnitSums:
         return w[:, self.unit_pair]
 
     def gains(self, w=None):
-        """Per-null (C_true, C_null, gain), each (S,), or (B, S) for pair weights w (B, P)."""
+        """Per-null (C_true, C_null, gain), each (S,), or (B, S) for pair weights w (B, P); gain -inf where the
+        null is perfect (C_null = 1, e.g. the position null of a positional latent or of (A, A) pairs)."""
         if w is None:
             red = lambda v: np.asarray(v.sum(0)).ravel()  # noqa: E731
         else:
@@ -138,8 +164,8 @@ class UnitSums:
         for j in self.a_true:
             ct = jaccard(red(self.a_true[j]), red(self.mass_true[j]))
             cn = jaccard(red(self.a_null[j]), red(self.mass_null[j]))
-            with np.errstate(invalid="ignore", divide="ignore"):
-                g = np.where(1 - cn > 1e-9, (ct - cn) / (1 - cn), np.nan)
+            with np.errstate(invalid="ignore", divide="ignore"):  # -inf marks a perfect null: it cannot be beaten
+                g = np.where(1 - cn > 1e-9, (ct - cn) / (1 - cn), np.where(np.isnan(cn), np.nan, -np.inf))
             out[j] = (ct, cn, g)
         return out
 
@@ -168,7 +194,6 @@ def _appearance_rows(appearance, corrs):
 
 def match_sums(pa, corrs, cols, appearance=None, nulls=NULLS, n_shuffle=N_SHUFFLE, seed=0, block=BLOCK):
     """UnitSums of latents `cols` on the matches `corrs` against `nulls` (appearance skipped when None)."""
-    from workbench.multiview import _matches
     rows1, rows2, pair, p1, p2 = _matches(pa, corrs)
     if len(rows1) < 2 or len(cols) == 0:
         return None
@@ -185,7 +210,6 @@ def consistency(pa, corrs, appearance=None, min_support=MIN_SUPPORT, alpha=FDR_A
     appearance-matched view-2 token or -1 (analysis/appearance.py), None = that null is skipped (reported).
     Returns a dict of (S,) arrays and scalars; `sums` holds the UnitSums of the tested latents (for effects).
     """
-    from workbench.multiview import _binarize, _matches
     rows1, rows2, pair, p1, p2 = _matches(pa, corrs)
     S, M = pa.n_latents, len(rows1)
     nulls = [j for j in nulls if j != "appearance" or appearance is not None]
@@ -200,9 +224,14 @@ def consistency(pa, corrs, appearance=None, min_support=MIN_SUPPORT, alpha=FDR_A
     with np.errstate(invalid="ignore", divide="ignore"):
         transfer = 0.5 * (both / sup1 + both / sup2)  # P(fires in 2 | fires in 1), symmetrised
     tested = (sup1 >= min_support) & (sup2 >= min_support) if M >= 2 else np.zeros(S, bool)
-    out.update(jaccard=jaccard(smin, sx + sy), transfer=transfer, support1=sup1, support2=sup2, tested=tested)
+    sxx, syy, sxy = (np.asarray(v.sum(0)).ravel() for v in (x.multiply(x), y.multiply(y), x.multiply(y)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cov, vx, vy = sxy - sx * sy / max(M, 1), sxx - sx ** 2 / max(M, 1), syy - sy ** 2 / max(M, 1)
+        pearson = np.where((vx > 0) & (vy > 0), cov / np.sqrt(vx * vy), np.nan)
+    out.update(jaccard=jaccard(smin, sx + sy), pearson=pearson, transfer=transfer, support1=sup1, support2=sup2,
+               tested=tested)
     cols = np.nonzero(tested)[0]
-    keys = [f"{k}_{j}" for k in ("null", "gain", "p") for j in NULLS] + ["gain", "p", "q"]
+    keys = [f"{k}_{j}" for k in ("null", "gain", "p") for j in NULLS] + ["gain", "null_max", "p", "q"]
     out.update({k: nan.copy() for k in keys}, strongest_null=np.full(S, "", object), cols=cols)
     out["significant"], out["consistent"] = np.zeros(S, bool), np.zeros(S, bool)
     out["sums"] = sums = match_sums(pa, corrs, cols, appearance, nulls, n_shuffle, seed, block)
@@ -216,6 +245,9 @@ def consistency(pa, corrs, appearance=None, min_support=MIN_SUPPORT, alpha=FDR_A
                                     seed=seed + 1 + i)[0])
         out[f"null_{j}"][cols], out[f"gain_{j}"][cols], out[f"p_{j}"][cols] = g[j][1], g[j][2], pj[-1]
     out["gain"][cols], out["strongest_null"][cols] = strongest(g)
+    for k in ["gain"] + [f"gain_{j}" for j in g]:  # gain against a perfect null: undefined
+        out[k] = np.where(np.isneginf(out[k]), np.nan, out[k])
+    out["null_max"][cols] = np.nanmax(np.stack([np.where(np.isnan(g[j][1]), -np.inf, g[j][1]) for j in g]), 0)
     p = np.stack(pj)  # intersection-union: beat every null
     out["p"][cols] = np.where(np.isnan(p).all(0), np.nan, np.nanmax(np.where(np.isnan(p), -np.inf, p), 0))
     out["q"] = benjamini_hochberg(out["p"])
@@ -250,6 +282,7 @@ def layer_effect(sums, n_boot=N_BOOT, seed=0, level=0.95):
 
     def wmean(w):
         g, mass = strongest(sums.gains(w))[0], sums.mass(w)
+        g = np.where(np.isneginf(g), 0.0, g)  # a latent fully explained by a perfect null gains nothing
         ok = np.isfinite(g)
         return np.where(ok, g * mass, 0).sum(-1) / np.maximum(np.where(ok, mass, 0).sum(-1), 1e-300)
 

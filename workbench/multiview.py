@@ -1,7 +1,7 @@
-"""Multi-view metrics of SAE latents on DUSt3R view pairs: consistency, null baselines, asymmetry.
+"""Multi-view metrics of SAE latents on DUSt3R view pairs: the activation store, asymmetry, controls, labels.
 
-Definitions (README, "How to read the metrics"): cross-view consistency with null baselines, view
-asymmetry, and the slot-swap and identical-image controls that separate content from branch. Everything is vectorised over latents: the
+Definitions (README, "How to read the metrics"): cross-view consistency with its nulls and calibrated tests is
+in analysis/consistency.py (re-exported here); view asymmetry, and the slot-swap and identical-image controls that separate content from branch. Everything is vectorised over latents: the
 codes are stored as scipy CSR matrices (TopK codes are ~99.8 % zeros) and every per-latent number
 is a column sum, so thousands of latents and hundreds of pairs cost seconds on a CPU.
 
@@ -11,20 +11,17 @@ x = n % w), S SAE latents, T tokens of one slot pooled over pairs, M matched vie
 Usage:
     pa = PairActivations(); pa.add(z1, z2, grid1, grid2, scenes)   # per batch, z: (B, N, S)
     pa.finalize()
-    cons = consistency(pa, corrs)        # corrs: list of (N1,) int arrays, -1 = unmatched
+    cons = consistency(pa, corrs, appearance)   # analysis/consistency.py; corrs: (N1,) int arrays, -1 = unmatched
     asym = view_asymmetry(pa)
 """
 import numpy as np
 import scipy.sparse as sp
-from scipy import special
 import torch
 
+from analysis.consistency import FDR_ALPHA, MIN_SUPPORT, consistency  # noqa: F401  (the consistency test lives there)
+from analysis.permutation import benjamini_hochberg  # noqa: F401
+
 # --------------------------------------------------------------------------------------------
-MIN_SUPPORT = 50  # firing matched patches needed in EACH view before a latent is tested (§2.2)
-N_PERM = 200  # draws of the shuffled-correspondence null (>= 200, §2.2)
-TAIL_MIN = 10  # fewer draws than this at or above the observed C: normal-tail p-value
-FDR_ALPHA = 0.05  # Benjamini-Hochberg level across tested latents
-MIN_SHIFT = 3  # patches; the shift null moves m(p) by >= this (Chebyshev, on a torus)
 ASYM_THRESHOLD = 0.5  # |VA| above which a latent is called view-asymmetric (a 3:1 mass ratio)
 N_BOOT = 200  # bootstrap resamples over pairs for the VA confidence interval
 # --------------------------------------------------------------------------------------------
@@ -96,166 +93,6 @@ def _pair_mass(z, start):
     g = sp.csr_matrix((np.ones(len(pair_of_row)), (pair_of_row, np.arange(len(pair_of_row)))),
                       shape=(len(counts), z.shape[0]))
     return (g @ z.astype(np.float64)).toarray()
-
-
-def _binarize(x, tau):
-    """CSR of 1.0 where x > tau (tau: scalar or (S,) per-latent threshold)."""
-    xb = x.copy()
-    thr = tau if np.isscalar(tau) else np.asarray(tau)[xb.indices]
-    xb.data = (xb.data > thr).astype(np.float64)
-    xb.eliminate_zeros()
-    return xb
-
-
-def _agreement(x, y, base=None):
-    """Per-latent weighted Jaccard and Pearson r between matched rows of x and y (CSR (M, S), >= 0).
-
-    base: cached (sx, sxx) of x, since the permutation null only reorders the rows of y.
-    """
-    m = x.shape[0]
-    sx, sxx = base if base is not None else (_colsum(x), _colsum(x.multiply(x)))
-    sy, syy = _colsum(y), _colsum(y.multiply(y))
-    smin, sxy = _colsum(x.minimum(y)), _colsum(x.multiply(y))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        jac = smin / (sx + sy - smin)  # sum(max) = sum(x) + sum(y) - sum(min) for x, y >= 0
-        cov, vx, vy = sxy - sx * sy / m, sxx - sx ** 2 / m, syy - sy ** 2 / m
-        r = cov / np.sqrt(vx * vy)
-    return jac, np.where((vx > 0) & (vy > 0), r, np.nan)
-
-
-def _matches(pa, corrs):
-    """Row indices of matched tokens: view-1 rows, view-2 rows, pair id, view-1 token, view-2 token."""
-    if len(corrs) != pa.n_pairs:
-        raise ValueError(f"{len(corrs)} correspondence arrays for {pa.n_pairs} pairs")
-    out = [[], [], [], [], []]
-    for n, c in enumerate(corrs):
-        c = np.asarray(c).astype(np.int64).ravel()
-        if len(c) != pa.start1[n + 1] - pa.start1[n]:
-            raise ValueError(f"pair {n}: corr has {len(c)} entries, view 1 has "
-                             f"{pa.start1[n + 1] - pa.start1[n]} tokens")
-        p = np.nonzero(c >= 0)[0]
-        for lst, v in zip(out, (pa.start1[n] + p, pa.start2[n] + c[p], np.full(len(p), n), p, c[p])):
-            lst.append(v)
-    return [np.concatenate(v) if v else np.zeros(0, int) for v in out]
-
-
-def _null_rows(pa, pair, p1, p2, rng, min_shift):
-    """View-2 rows under the deterministic nulls: same grid position, random shift, other scene."""
-    h1, w1 = pa.grid1[pair].T
-    h2, w2 = pa.grid2[pair].T
-    y1, x1 = p1 // w1, p1 % w1
-    # N2 same grid position; scaled when the two grids differ (different aspect ratios)
-    pos = pa.start2[pair] + (y1 * h2 // h1) * w2 + (x1 * w2 // w1)
-    # N3 one random 2-D shift per pair, >= min_shift patches on the torus (keeps autocorrelation)
-    shifts = []
-    for g in pa.grid2:
-        dy, dx = np.meshgrid(np.arange(g[0]), np.arange(g[1]), indexing="ij")
-        dist = np.maximum(np.minimum(dy, g[0] - dy), np.minimum(dx, g[1] - dx))
-        ok = np.argwhere(dist >= min(min_shift, dist.max()))
-        shifts.append(ok[rng.integers(len(ok))])
-    shifts = np.asarray(shifts)[pair]
-    y2, x2 = p2 // w2, p2 % w2
-    shift = pa.start2[pair] + ((y2 + shifts[:, 0]) % h2) * w2 + (x2 + shifts[:, 1]) % w2
-    # N4 other scene: view 2 of the next pair (cyclically) from a different scene with the same grid
-    other = np.full(pa.n_pairs, -1)
-    scene = np.asarray(pa.scene)
-    for n in range(pa.n_pairs):
-        order = np.roll(np.arange(pa.n_pairs), -n - 1)
-        cand = order[(scene[order] != scene[n]) & (pa.grid2[order] == pa.grid2[n]).all(1)]
-        other[n] = cand[0] if len(cand) else -1
-    keep_scene = other[pair] >= 0
-    scene_rows = pa.start2[np.maximum(other[pair], 0)] + p2
-    return pos, shift, scene_rows, keep_scene
-
-
-def consistency(pa, corrs, n_perm=N_PERM, min_support=MIN_SUPPORT, alpha=FDR_ALPHA, tau=0.0,
-                seed=0, min_shift=MIN_SHIFT):
-    """Per-latent cross-view consistency with null baselines, permutation p-values and BH q-values.
-
-    Returns a dict of (S,) arrays: jaccard, pearson, transfer, support1, support2, tested,
-    null_shuffle (mean over draws), null_shuffle_q95, null_position, null_shift, null_scene,
-    null_max (strongest null), gain = (C - null_max) / (1 - null_max), p (permutation test of the
-    shuffle null, normal tail where fewer than TAIL_MIN draws reach C), p_empirical, q, significant;
-    and scalars n_pairs, n_matched, n_perm. tau: firing threshold (scalar or (S,)) for support
-    and transfer; the Jaccard and Pearson numbers are threshold-free.
-    """
-    rows1, rows2, pair, p1, p2 = _matches(pa, corrs)
-    S, M = pa.n_latents, len(rows1)
-    if M < 2:  # nothing to correlate (e.g. predicted matches of a random model): all undefined
-        nan, no = np.full(S, np.nan), np.zeros(S, bool)
-        keys = ("jaccard pearson transfer support1 support2 null_shuffle null_shuffle_q95 null_position "
-                "null_shift null_scene null_max gain p p_empirical q").split()
-        return dict({k: nan.copy() for k in keys}, tested=no, significant=no.copy(), n_pairs=pa.n_pairs,
-                    n_matched=M, n_perm=n_perm)
-    rng = np.random.default_rng(seed)
-    x, y = pa.z1[rows1].astype(np.float64), pa.z2[rows2].astype(np.float64)
-    base = (_colsum(x), _colsum(x.multiply(x)))
-    jac, r = _agreement(x, y, base)
-    xb, yb = _binarize(x, tau), _binarize(y, tau)
-    sup1, sup2, both = _colsum(xb), _colsum(yb), _colsum(xb.multiply(yb))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        transfer = 0.5 * (both / sup1 + both / sup2)  # P(fires in 2 | fires in 1), symmetrised
-    tested = (sup1 >= min_support) & (sup2 >= min_support)
-
-    # N1: permute m(p) within each pair's co-visible targets; rows are grouped by pair already
-    null_perm = np.empty((n_perm, S))
-    for i in range(n_perm):
-        order = np.lexsort((rng.random(M), pair))
-        null_perm[i] = _agreement(x, y[order], base)[0]
-    n_ge = (np.nan_to_num(null_perm, nan=-1.0) >= jac[None] - 1e-12).sum(0)
-    p_emp = np.where(tested, (1 + n_ge) / (1 + n_perm), np.nan)
-    # An empirical p never goes below 1/(n_perm+1), and BH over thousands of latents then passes
-    # nothing unless ~10 % of them sit at that floor. Where fewer than TAIL_MIN draws reach the
-    # observed C, use a normal approximation of the draws instead (Knijnenburg et al. 2009,
-    # Bioinformatics 25:i161, fit a generalised Pareto tail; the null C is a ratio of sums over
-    # >= min_support matches, close to normal by the CLT, so we keep the simpler normal tail).
-    fin = np.isfinite(null_perm)
-    cnt = np.maximum(fin.sum(0), 1)
-    mu = np.where(fin, null_perm, 0).sum(0) / cnt
-    sd = np.sqrt(np.where(fin, (null_perm - mu) ** 2, 0).sum(0) / np.maximum(cnt - 1, 1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p_norm = 0.5 * special.erfc((jac - mu) / (sd * np.sqrt(2)))
-    p = np.where((n_ge < TAIL_MIN) & (sd > 0) & np.isfinite(p_norm), p_norm, p_emp) if n_perm else p_emp
-    p = np.where(tested, p, np.nan)
-    q = benjamini_hochberg(p)
-
-    pos, shift, scene_rows, keep = _null_rows(pa, pair, p1, p2, rng, min_shift)
-    n_pos = _agreement(x, pa.z2[pos].astype(np.float64), base)[0]
-    n_shift = _agreement(x, pa.z2[shift].astype(np.float64), base)[0]
-    if keep.sum() >= 2:
-        n_scene = _agreement(x[np.nonzero(keep)[0]], pa.z2[scene_rows[keep]].astype(np.float64))[0]
-    else:  # one scene only: the cross-scene null is undefined
-        n_scene = np.full(S, np.nan)
-    # a latent silent on the matched set has NaN draws: mean / quantile stay NaN, without warnings
-    n_shuffle = np.where(fin.any(0), mu, np.nan)
-    q95 = np.full(S, -np.inf) if not n_perm else np.quantile(np.where(fin, null_perm, -np.inf), 0.95, axis=0,
-                                                             method="higher")
-    q95 = np.where(np.isfinite(q95), q95, np.nan)
-    nulls = np.stack([n_shuffle, n_pos, n_shift, n_scene])
-    null_max = np.where(np.isnan(nulls), -np.inf, nulls).max(0)
-    null_max = np.where(np.isfinite(null_max), null_max, np.nan)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        # undefined (NaN) when the strongest null is already perfect, e.g. (A, A) pairs vs N2
-        gain = np.where(1 - null_max > 1e-9, (jac - null_max) / (1 - null_max), np.nan)
-    significant = tested & (np.nan_to_num(q, nan=1.0) <= alpha) & (np.nan_to_num(gain) > 0)
-    return dict(jaccard=jac, pearson=r, transfer=transfer, support1=sup1, support2=sup2,
-                tested=tested, null_shuffle=n_shuffle, null_shuffle_q95=q95, null_position=n_pos,
-                null_shift=n_shift, null_scene=n_scene, null_max=null_max, gain=gain, p=p, p_empirical=p_emp,
-                q=q, significant=significant, n_pairs=pa.n_pairs, n_matched=M, n_perm=n_perm)
-
-
-def benjamini_hochberg(p):
-    """Benjamini-Hochberg adjusted p-values (q); NaN entries are ignored and stay NaN."""
-    p = np.asarray(p, dtype=np.float64)
-    q = np.full(p.shape, np.nan)
-    ok = np.nonzero(np.isfinite(p))[0]
-    if len(ok) == 0:
-        return q
-    order = np.argsort(p[ok])
-    ranked = p[ok][order] * len(ok) / np.arange(1, len(ok) + 1)
-    ranked = np.minimum.accumulate(ranked[::-1])[::-1]  # step-up: q_i = min_{j >= i} p_j m / j
-    q[ok[order]] = np.minimum(ranked, 1.0)
-    return q
 
 
 def view_asymmetry(pa, n_boot=N_BOOT, seed=0):
@@ -331,7 +168,8 @@ def dust_threshold(pa, frac=0.1, q=0.999):
 
 
 def classify(cons, asym, swap=None, threshold=ASYM_THRESHOLD):
-    """One label per latent: 'dead'; 'consistent' (significant, positive gain); 'view-1' / 'view-2'
+    """One label per latent: 'dead'; 'consistent' (analysis/consistency.py: beats every null, gain >= MIN_GAIN);
+    'view-1' / 'view-2'
     (|VA| >= threshold and the bootstrap CI excludes 0), refined to 'branch-1' / 'branch-2' when the
     slot-swap control shows the same-sign slot specificity |S| >= threshold (it follows the slot,
     not the image); else 'neither'. VA labels are descriptive: no multiple-comparison correction."""
@@ -343,7 +181,7 @@ def classify(cons, asym, swap=None, threshold=ASYM_THRESHOLD):
         lab[(lab == "view-1") & (spec >= threshold)] = "branch-1"
         lab[(lab == "view-2") & (spec <= -threshold)] = "branch-2"
     if cons is not None:
-        lab[cons["significant"]] = "consistent"
+        lab[cons["consistent"]] = "consistent"
     lab[(asym["mass1"] + asym["mass2"]) == 0] = "dead"
     return lab
 
@@ -367,12 +205,11 @@ def layer_summary(cons, asym, stats, swap=None, asym_aa=None):
                frac_asymmetric=frac(np.abs(np.nan_to_num(asym["va"])) >= ASYM_THRESHOLD),
                median_frequency=float(np.median(stats["frequency"][alive])) if alive.any() else nan,
                frac_positional_gt_0p5=frac(np.nan_to_num(stats["positional"]) > 0.5))
-    if cons is not None:
-        t, sig = cons["tested"], cons["significant"]
+    if cons is not None:  # the power-free effect with its CI: analysis/instrument.py (layer_fields)
+        t, con = cons["tested"], cons["consistent"]
         out.update(n_pairs=int(cons["n_pairs"]), n_matched=int(cons["n_matched"]), n_tested=int(t.sum()),
-                   n_significant=int(sig.sum()), frac_significant_of_alive=float(sig.sum() / max(alive.sum(), 1)),
-                   frac_significant_of_tested=float(sig.sum() / max(t.sum(), 1)),
-                   mass_weighted_gain=wmean(cons["gain"], t),
+                   n_significant=int(cons["significant"].sum()), n_consistent=int(con.sum()),
+                   frac_consistent_of_alive_power_dependent=float(con.sum() / max(alive.sum(), 1)),
                    median_jaccard=float(np.nanmedian(cons["jaccard"][t])) if t.any() else nan,
                    median_null_max=float(np.nanmedian(cons["null_max"][t])) if t.any() else nan)
     if swap is not None:
