@@ -9,14 +9,16 @@ Nulls replace m(p) by another view-2 patch and compute the same C on the same vi
   shuffle     m permuted within the pair's matched targets (level: mean over n_shuffle draws; test: draw 1);
   scene       the same mapping into view 2 of a pair from another scene (content-free co-firing).
 Per null j: gain_j = (C - C_j) / (1 - C_j), both on the matches where null j is defined. The latent's gain is
-the smallest gain_j (the strongest null). Tests (analysis/permutation.py): a pair-level sign-flip test per null,
+the smallest gain_j (the strongest null). Tests (analysis/permutation.py): a block-level sign-flip test per null,
 p = max over nulls, q = Benjamini-Hochberg over tested latents. A latent is CONSISTENT when it is tested
 (>= min_support firing matched patches in each view), q <= alpha AND gain >= MIN_GAIN.
 
-Why MIN_GAIN = 0.1: significance alone measures power (more pairs, larger k: more latents pass with tiny
-gains). Requiring the latent to close at least a tenth of the gap between its strongest null and perfect
-agreement keeps "consistent" an effect-size statement; it is the smallest round number at which the built-in
-controls separate (tests/test_controls.py: the world-point code passes, raw pixels and positions do not).
+Why MIN_GAIN = 0.2: significance alone measures power (more pairs, larger k: more latents pass with tiny
+gains). Requiring the latent to close at least a fifth of the gap between its strongest null and perfect
+agreement keeps "consistent" an effect-size statement. The value is set by the built-in controls, the only
+codes whose answer is known: on 24 built-in pairs at 224 px (tests/test_controls.py), on appearance-ambiguous
+matches (analysis/instrument.py), the per-latent gains of the raw-pixel code have their 99th percentile at 0.17
+and those of the world-point code their 5th percentile at 0.40; 0.2 lies between.
 
 Power-free layer numbers (`layer_effect`): the activation-mass-weighted gain over the strongest null with a
 bootstrap 95 % CI over pairs (pairs resampled with replacement; every per-pair sum is additive, so a resample
