@@ -10,7 +10,9 @@ dataset as (A, B), and as (B, A) and (A, A) controls, and writes into the run fo
   figures/             histograms.png, consistency_<gt|pred>.png
   latents/<k>/         heatmap.png, examples.png (+ pointcloud.ply and its preview pointcloud.png)
 Given several runs, it also writes a layer comparison to `compare_dir` (layers.png/.md/.json).
-Metrics and controls: workbench/multiview.py; how to read everything: README.md, section Analysing a trained SAE.
+Metrics and controls: workbench/multiview.py, analysis/ (consistency against an appearance-matched null and four
+others, calibrated p-values, effects with CIs, strata, control codes); how to read everything: README.md, section
+Analysing a trained SAE.
 
     python analyze_results.py results/<run> [results/<run2> ...] [--n_pairs=128] [overrides.yaml]
 
@@ -29,6 +31,7 @@ import yaml
 
 from data import collate_pairs, make_dataset, patch_correspondences, predicted_correspondences
 from models.sae import SAE
+from analysis import instrument
 from workbench import browser, figures, multiview as mv, ply
 from workbench.activations import autocast, build_dust3r, views_to
 from workbench.config import apply_overrides
@@ -40,13 +43,15 @@ split = "test"                # held-out split ('test' is the dataset's 'val' fo
 batch_size = 8                # pairs per DUSt3R forward
 correspondence = "auto"       # 'auto' (ground truth where the data has geometry, + predicted) | 'gt' | 'pred'
 controls = True               # also run every pair as (B, A) and (A, A): slot-swap and identical-image controls
-n_perm = 200                  # draws of the shuffled-correspondence null (permutation p-values, >= 200)
+n_max = 10_000                # most sign-flip draws per latent and null (p >= 1/(n_max+1); analysis/permutation.py)
 min_support = 50              # firing matched patches needed in each view before a latent is tested
+min_gain = 0.2                # gain over the strongest null a consistent latent needs (analysis/consistency.py: why)
+anchor_controls = True        # also run the control codes (world point, raw pixels, position) on the same pairs
 n_cards = 48                  # latents that get pictures in latents/ and a card in index.html
 n_top = 4                     # top-activating pairs per latent in examples.png
 quantiles = (0.75, 0.5, 0.25)  # extra example rows: pairs at these quantiles of the latent's per-pair peak
 n_ply = 8                     # visualised latents that also get a PLY point cloud of their top pair
-rot_bins = (0, 15, 30, 60, 180)  # degrees: consistency stratified by relative camera rotation (probe3d ScanNet bins)
+rot_bins = (0, 15, 30, 60, 180)  # degrees: effect stratified by relative camera rotation (probe3d ScanNet bins)
 embed_images = False          # True: base64 images inside index.html (one portable file, larger)
 compare_dir = "results/layer_comparison"  # where the comparison of several runs is written
 device = "auto"               # 'auto' (cuda if available) | 'cpu' | 'cuda'
@@ -89,7 +94,7 @@ def view_sources(hook):
 def hook_rank(hook):
     """Forward order of a hook string, for the layer comparison."""
     name, _, i = hook.partition(".")
-    base = {"patch_embed": 0, "enc_blocks": 1, "enc_norm": 1000, "decoder_embed": 1001, "dec_blocks": 1002,
+    base = {"pixels": -1, "patch_embed": 0, "enc_blocks": 1, "enc_norm": 1000, "decoder_embed": 1001, "dec_blocks": 1002,
             "dec_blocks2": 1002, "dec_blocks*": 1002, "dec_norm": 2000}[name]
     return base + (int(i) + 1 if i else 0)
 
@@ -120,7 +125,7 @@ def collect(model, sae, ds, n, hooks):
     ground-truth (or None) and predicted correspondences, display images, pointmaps and confidences
     (all in the real orientation, the token grids' orientation)."""
     pa = {k: mv.PairActivations() for k in (("ab", "ba", "aa") if controls else ("ab",))}
-    out = dict(gt=[], pred=[], rgb=[], pts=[], conf=[], rot=[])
+    out = dict(gt=[], pred=[], rgb=[], pts=[], conf=[], rot=[], feat=[])
     for lo in range(0, n, batch_size):
         items = [ds[i] for i in range(lo, min(lo + batch_size, n))]
         view1, view2 = collate_pairs(items)
@@ -145,6 +150,7 @@ def collect(model, sae, ds, n, hooks):
             geo = "depthmap" in a and "camera_pose" in a
             out["gt"].append(np.asarray(patch_correspondences(a, c, patch=model.patch_size)) if geo else None)
             out["rot"].append(rotation_deg(a["camera_pose"], c["camera_pose"]) if geo else np.nan)
+            out["feat"].append(instrument.pair_features(a, c, patch=model.patch_size))  # pixels, geometry
     return {k: v.finalize() for k, v in pa.items()}, out
 
 
@@ -243,8 +249,8 @@ def pct(a, b):
     return f"{a}/{b} ({100 * a / max(b, 1):.1f} %)"
 
 
-def write_summary(path, run, cfg, s, info):
-    """summary.md: the findings in words with their numbers and sample sizes."""
+def write_summary(path, run, cfg, s, info, consistency_lines):
+    """summary.md: the findings in words with their numbers and sample sizes (consistency: analysis/instrument.py)."""
     lab = info["labels"]
     gt = info["correspondence"] == "ground truth"
     lines = [
@@ -260,27 +266,18 @@ def write_summary(path, run, cfg, s, info):
         f"- Alive latents (fire at least once on these pairs): {pct(s['n_alive'], s['n_latents'])}; median firing "
         f"frequency {s['median_frequency']:.4f}.", "",
         "## Cross-view consistency", "",
-        f"- Tested latents (>= {min_support} firing matched patches in each view): {s['n_tested']}.",
-        f"- Significantly consistent (permutation test, {n_perm} shuffled-correspondence draws; Benjamini-Hochberg "
-        f"q <= {mv.FDR_ALPHA}; gain over the strongest null > 0): {pct(s['n_significant'], s['n_alive'])} of alive "
-        f"latents ({100 * s['frac_significant_of_tested']:.1f} % of tested).",
+        *consistency_lines,
         f"- Weighted Jaccard C of tested latents: median {s['median_jaccard']:.3f} vs median strongest null "
-        f"{s['median_null_max']:.3f} (nulls: shuffled matches, same grid position, random shift, other scene); "
-        f"activation-mass-weighted gain G = (C - C_null) / (1 - C_null) = {s['mass_weighted_gain']:.3f}."]
+        f"{s['median_null_max']:.3f}."]
     if "pred" in info["other"]:
         o, ag = info["other"]["pred"], info["agreement"]
         lines.append(
             f"- Under DUSt3R-predicted correspondences instead ({o['n_matched']} matched patches, {o['n_tested']} "
-            f"tested latents): {pct(o['n_significant'], s['n_alive'])} significant, mass-weighted gain "
-            f"{o['mass_weighted_gain']:.3f}. " + (
+            f"tested latents): {pct(o['n_consistent'], s['n_alive'])} consistent, effect "
+            f"{instrument.fmt_effect(dict(gain=o['effect_gain'], lo=o['effect_lo'], hi=o['effect_hi']))}. " + (
                 f"Of the {ag['n_patches']} patches matched by both, {100 * ag['exact']:.1f} % agree exactly and "
                 f"{100 * ag['within_1_patch']:.1f} % within one patch." if ag["n_patches"] else
                 "No patch is matched by both."))
-    for r in info.get("rotation_strata", []):
-        lines.append(f"- Relative rotation [{r['bin_deg'][0]}, {r['bin_deg'][1]})°: {r['n_pairs']} pairs, "
-                     f"{r['n_matched']} matched patches, {r['n_tested']} tested latents, "
-                     f"{pct(r['n_significant'], s['n_alive'])} significant, mass-weighted gain "
-                     f"{r['mass_weighted_gain']:.3f}.")
     if "jaccard_identical_mass_weighted" in info:
         enc = not cfg["hook"].startswith(("decoder_embed", "dec_"))
         lines.append(f"- Anchor: on (A, A) pairs with the identity match the mass-weighted C is "
@@ -334,45 +331,44 @@ for run_dir in run_dirs:
 
     # metrics (workbench/multiview.py); ReLU+L1 SAEs fire with small 'dust', so they get a threshold
     tau = mv.dust_threshold(pa["ab"]) if sae.cfg.kind == "relu" else 0.0
-    cons = {k: mv.consistency(pa["ab"], c, n_perm=n_perm, min_support=min_support, tau=tau, seed=seed)
-            for k, c in sets.items()}
+    kw = dict(min_support=min_support, min_gain=min_gain, n_max=n_max, tau=tau, seed=seed)
+    res = {k: instrument.assess(pa["ab"], c, data["feat"], rot=np.asarray(data["rot"]) if k == "gt" else None,
+                                rot_bins=rot_bins, strata=k == primary, **kw) for k, c in sets.items()}
+    cons = {k: r["decision"] for k, r in res.items()}
+    k_ctrl = max(1, round(pa["ab"].z1.nnz / max(pa["ab"].z1.shape[0], 1)))  # the SAE's measured L0 on these pairs
+    ctrl = instrument.controls(data["feat"], sets[primary], k=k_ctrl, **kw) if anchor_controls else None
     asym, stats = mv.view_asymmetry(pa["ab"], seed=seed), mv.latent_stats(pa["ab"])
     swap = mv.slot_swap(pa["ab"], pa["ba"]) if controls else None
     asym_aa = mv.view_asymmetry(pa["aa"], seed=seed) if controls else None
     c = cons[primary]
-    summ = mv.layer_summary(c, asym, stats, swap, asym_aa)
+    summ = dict(mv.layer_summary(c, asym, stats, swap, asym_aa), n_matched=res[primary]["n_matched"])
     labels = mv.classify(c, asym, swap)
     table = dict(latent=np.arange(S), label=labels, frequency=stats["frequency"],
                  mean_activation=stats["mean_activation"], jaccard=c["jaccard"], gain=c["gain"], q=c["q"],
+                 strongest_null=c["strongest_null"], gain_all_matches=res[primary]["all"]["gain"],
                  va=asym["va"], exclusivity=asym["exclusivity"], positional=stats["positional"])
     if controls:
         table.update(slot_specificity=swap["slot_specificity"], content_following=swap["content_following"],
                      va_identical=asym_aa["va"])
-    full = dict(table, **{k: c[k] for k in ("pearson", "transfer", "support1", "support2", "null_shuffle",
-                                            "null_shuffle_q95", "null_position", "null_shift", "null_scene",
-                                            "null_max", "p", "p_empirical")},
+    full = dict(table, **{k: c[k] for k in ["pearson", "transfer", "support1", "support2", "null_max", "p",
+                                            "consistent"] + [f"{a}_{j}" for a in ("null", "p") for j in c["nulls"]]},
                 **{k: asym[k] for k in ("va_lo", "va_hi", "mass1", "mass2")})
     info = dict(correspondence="ground truth" if primary == "gt" else "DUSt3R-predicted",
                 tokens=int(pa["ab"].start1[-1]), other={},
-                sae=f"{sae.cfg.kind}, {S} latents, k={sae.cfg.k}, d_in={sae.cfg.d_in}",
+                sae=f"{sae.cfg.kind}, {S} latents, k={sae.cfg.k}, d_in={sae.cfg.d_in}", k=sae.cfg.k,
+                consistency=instrument.layer_fields(res[primary], summ["n_alive"], ctrl),
+                strata={key: [{a: b for a, b in st.items() if a != "samples"} for st in res[primary][key]]
+                        for key in ("strata_rotation", "strata_photometric", "strata_scale") if key in res[primary]},
                 labels={str(a): int(b) for a, b in zip(*np.unique(labels.astype(str), return_counts=True))})
     for k in set(sets) - {primary}:
-        full.update({f"{name}_{k}": cons[k][name] for name in ("jaccard", "gain", "q", "significant")})
-        info["other"][k] = mv.layer_summary(cons[k], asym, stats)
+        full.update({f"{name}_{k}": cons[k][name] for name in ("jaccard", "gain", "q", "consistent")})
+        info["other"][k] = dict(mv.layer_summary(cons[k], asym, stats),
+                                **instrument.layer_fields(res[k], summ["n_alive"]))
     if "gt" in sets and "pred" in sets:
         info["agreement"] = agreement(pa["ab"], data["gt"], data["pred"])
-    if "gt" in sets:  # strata by relative rotation: the matches of pairs outside a bin are dropped
-        rot, info["rotation_strata"] = np.asarray(data["rot"]), []
-        for lo, hi in zip(rot_bins[:-1], rot_bins[1:]):
-            sel = (rot >= lo) & (rot < hi)
-            if sel.any():
-                cb = mv.consistency(pa["ab"], [m if s else np.full_like(m, -1) for m, s in zip(sets["gt"], sel)],
-                                    n_perm=n_perm, min_support=min_support, tau=tau, seed=seed)
-                info["rotation_strata"].append(dict(mv.layer_summary(cb, asym, stats), bin_deg=[lo, hi],
-                                                    n_pairs=int(sel.sum())))
     if controls:  # anchor: (A, A) with the identity match, exactly 1 for encoder hooks
         ident = [np.arange(b - a) for a, b in zip(pa["aa"].start1[:-1], pa["aa"].start1[1:])]
-        full["jaccard_identical"] = c_aa = mv.consistency(pa["aa"], ident, n_perm=0, min_support=1)["jaccard"]
+        full["jaccard_identical"] = c_aa = mv.consistency(pa["aa"], ident, min_support=10 ** 9)["jaccard"]
         w = asym_aa["mass1"] + asym_aa["mass2"]
         ok = np.isfinite(c_aa) & (w > 0)
         info["jaccard_identical_mass_weighted"] = float((c_aa[ok] * w[ok]).sum() / max(w[ok].sum(), 1e-12))
@@ -398,22 +394,25 @@ for run_dir in run_dirs:
     jdump(full, os.path.join(run_dir, "latent_metrics.json"))
     jdump(dict(run=run, hook=cfg["hook"], git_commit=commit, git_dirty=dirty, config=config, summary=summ, info=info,
                seconds=time.time() - t0), os.path.join(run_dir, "analysis.json"))
-    write_summary(os.path.join(run_dir, "summary.md"), run, cfg, summ, info)
+    write_summary(os.path.join(run_dir, "summary.md"), run, cfg, summ, info,
+                  instrument.summary_lines(res[primary], summ["n_alive"], ctrl))
     browser.write_browser(os.path.join(run_dir, "index.html"), f"{run}: SAE latents at {cfg['hook']}",
                           dict(hook=cfg["hook"], pairs=n, correspondences=info["correspondence"], **summ),
                           table, cards, figs, embed=embed_images)
-    rows.append(dict(run=run, hook=cfg["hook"], **summ))
-    print(f"   {pct(summ['n_significant'], summ['n_alive'])} alive latents significantly consistent, mass-weighted "
-          f"|VA| {summ['mass_weighted_abs_va']:.3f}; wrote {run_dir}/index.html, summary.md ({time.time() - t0:.0f} s)")
+    rows.append(dict(summ, **info["consistency"], run=run, hook=cfg["hook"], k=sae.cfg.k, effect=res[primary]["effect"],
+                     controls=ctrl))
+    print(f"   effect {instrument.fmt_effect(res[primary]['effect'])}; {pct(summ['n_consistent'], summ['n_alive'])} "
+          f"alive latents consistent; mass-weighted |VA| {summ['mass_weighted_abs_va']:.3f}; wrote {run_dir}/index.html, "
+          f"summary.md ({time.time() - t0:.0f} s)")
 
 # ------------------------------------------------------------------------------------------------ layers
 if len(rows) > 1:
     rows.sort(key=lambda r: hook_rank(r["hook"]))
     os.makedirs(compare_dir, exist_ok=True)
     figures.layer_figure(rows, os.path.join(compare_dir, "layers.png"))
-    jdump(rows, os.path.join(compare_dir, "layers.json"))
-    keys = ["n_pairs", "n_alive", "n_tested", "frac_significant_of_alive", "mass_weighted_gain",
-            "mass_weighted_abs_va", "mass_weighted_abs_va_identical_pair", "mass_weighted_abs_slot_specificity",
+    jdump([{k: v for k, v in r.items() if k not in ("effect", "controls")} for r in rows],
+          os.path.join(compare_dir, "layers.json"))
+    keys = ["n_pairs", "n_alive", "mass_weighted_abs_va", "mass_weighted_abs_va_identical_pair", "mass_weighted_abs_slot_specificity",
             "mass_weighted_content_following"]
 
     def fmt(v):
@@ -421,8 +420,11 @@ if len(rows) > 1:
             f"{v:.3f}" if isinstance(v, float) else str(v))
 
     with open(os.path.join(compare_dir, "layers.md"), "w") as f:
-        f.write("# Layer comparison\n\nOne row per run, in forward order; definitions in "
-                "README.md, section Analysing a trained SAE.\n\n| run | hook | " + " | ".join(keys) + " |\n|"
-                + "---|" * (len(keys) + 2) + "\n")
+        f.write("# Layer comparison\n\nOne row per run, in forward order; definitions in README.md, section Analysing "
+                "a trained SAE.\n\n## Cross-view consistency against the appearance anchor\n\nEffect = activation-mass-"
+                "weighted gain over the strongest null on appearance-ambiguous matches, bootstrap 95 % CI over pairs; "
+                "compare rows only at the same k and min_support. The consistent share depends on power.\n\n"
+                + "\n".join(instrument.comparison_lines(rows)) + "\n\n## View asymmetry and controls\n\n| run | hook | "
+                + " | ".join(keys) + " |\n|" + "---|" * (len(keys) + 2) + "\n")
         f.writelines(f"| {r['run']} | {r['hook']} | " + " | ".join(fmt(r.get(k)) for k in keys) + " |\n" for r in rows)
     print(f"layer comparison of {len(rows)} runs: {compare_dir}/layers.png, layers.md, layers.json")

@@ -46,7 +46,8 @@ dataset = "builtin"          # 'builtin' (procedural scenes, no download) | 'ble
 data_root = ""               # dataset folder; '' = the dataset's default
 resolution = 224             # 224 -> 224x224, the 224_linear checkpoint's training size (14x14 tokens per branch)
 hook = "dec_blocks*.5"       # 'dec_blocks.<i>' | 'dec_blocks2.<i>' (0..11) | 'dec_blocks*.<i>' both branches, one SAE;
-                             # block 5: the decoder's middle, where cross-attention matches patches (Reloc3r #8)
+                             # block 5: the decoder's middle, where cross-attention matches patches (Reloc3r #8);
+                             # also 'pixels' / 'patch_embed' (the appearance anchor, same recipe as the decoder SAE)
 # SAE (defaults: README "Defaults and why")
 sae_kind = "topk"            # 'topk' (+ AuxK) | 'batchtopk' | 'relu' (ReLU + L1); TopK: saev, sparsify, openai
 expansion = 16               # latents = expansion * d (16 x 768 = 12288: saev's 16x; BatchTopK ref 12288 for 768)
@@ -85,7 +86,7 @@ config = apply_overrides(constants(globals()), sys.argv[1:], doc=__doc__)
 globals().update(config)
 
 # derived values: the hook's branch(es), the run name, the schedule
-sources = hook_sources(hook, ("dec_blocks.", "dec_blocks2.", "dec_blocks*."))  # [(hook point, branch)]
+sources = hook_sources(hook, ("pixels", "patch_embed", "dec_blocks.", "dec_blocks2.", "dec_blocks*."))  # [(point, branch)]
 branches = pooled_branches(sources)  # [1, 2] for 'dec_blocks*.<i>' (one SAE, both branches), else []
 run_name = run_name or f"dec-{hook.replace('*', 'both')}-{sae_kind}-k{k}-x{expansion}-{dataset}-s{seed}"
 total_steps = train_tokens // batch_size
@@ -98,7 +99,7 @@ if buffer_pairs // world % dust3r_batch:
 # data: the frozen DUSt3R, held-out pairs, the stream of the branch tokens (from DUSt3R or the cache)
 model = build_dust3r(checkpoint, dev, seed=seed, log=run.log)  # frozen; decoder hooks need its encoder too
 check_hook(model, sources)
-d_in = model.dec_embed_dim  # decoder width (768 for the ViT-L/Base checkpoint)
+d_in = {"pixels": 3 * model.patch_size ** 2, "patch_embed": model.enc_embed_dim}.get(hook, model.dec_embed_dim)  # 768
 train_ds = make_dataset(dataset, root=data_root or None, resolution=resolution, split="train")
 val_ds = make_dataset(dataset, root=data_root or None, resolution=resolution, split="val")
 run.log(f"data: {len(train_ds)} train pairs, {len(val_ds)} val pairs; hook {hook} ({d_in}-d)")

@@ -39,6 +39,7 @@ dataset = "builtin"          # 'builtin' (procedural scenes, no download) | 'ble
 data_root = ""               # dataset folder; '' = the dataset's default
 resolution = 224             # 224 -> 224x224, the 224_linear checkpoint's training size (14x14 tokens per view)
 hook = "enc_norm"            # 'enc_blocks.<i>' (0..23) | 'enc_norm' (what the decoder reads; the origin project's tap)
+                             # | 'pixels' (raw normalised 16x16x3 patches: the appearance anchor) | 'patch_embed'
 # SAE (defaults: README "Defaults and why")
 sae_kind = "topk"            # 'topk' (+ AuxK) | 'batchtopk' | 'relu' (ReLU + L1); TopK: saev, sparsify, openai
 expansion = 16               # latents = expansion * d (16 x 1024 = 16384: saev's ViT-L sweeps)
@@ -80,7 +81,7 @@ globals().update(config)
 total_steps = train_tokens // batch_size
 warmup = min(warmup_steps, total_steps // 10)  # at most 10% of the run
 dead_window = min(dead_tokens, max(batch_size, train_tokens // 20))  # at most 5% of the run
-sources = hook_sources(hook, ("enc_blocks.", "enc_norm"))  # [(hook point, view)]: both views' tokens
+sources = hook_sources(hook, ("pixels", "patch_embed", "enc_blocks.", "enc_norm"))  # [(hook point, view)]: both views
 run_name = run_name or f"enc-{hook}-{sae_kind}-k{k}-x{expansion}-{dataset}-s{seed}"
 run, rank, world, dev = start_run(os.path.join(out_dir, run_name), config, device, seed, __file__)
 if buffer_pairs // world % dust3r_batch:
@@ -89,7 +90,7 @@ if buffer_pairs // world % dust3r_batch:
 # data: the frozen DUSt3R, held-out pairs, the training-token stream (from DUSt3R or the cache)
 model = build_dust3r(checkpoint, dev, seed=seed, log=run.log)
 check_hook(model, sources)
-d_in = model.enc_embed_dim  # encoder width (1024 for ViT-L)
+d_in = 3 * model.patch_size ** 2 if hook == "pixels" else model.enc_embed_dim  # raw 16x16x3 patches | encoder width
 train_ds = make_dataset(dataset, root=data_root or None, resolution=resolution, split="train")
 val_ds = make_dataset(dataset, root=data_root or None, resolution=resolution, split="val")
 run.log(f"data: {len(train_ds)} train pairs, {len(val_ds)} val pairs; hook {hook} ({d_in}-d)")

@@ -124,6 +124,9 @@ def summary_lines(r, n_alive, ctrl=None, anchor=None):
         lines.append("- Controls on the same pairs and matches (the instrument's ceiling and floor): " + "; ".join(
             f"{name} code (k={c['k']}): {c['n_consistent']}/{c['n_alive']} alive consistent, effect "
             f"{fmt_effect(c['effect'])}" for name, c in ctrl.items()) + ".")
+    if anchor is None and ctrl and "pixels" in ctrl:  # the appearance anchor at this code's sparsity, same pairs
+        anchor = dict(name="raw-pixel control code", k=ctrl["pixels"]["k"],
+                      excess=excess(r["effect"], ctrl["pixels"]["effect"]))
     if anchor:
         lines.append(f"- Against the appearance anchor ({anchor['name']}, k={anchor['k']}): excess effect "
                      f"**{fmt_effect(anchor['excess'])}** (paired bootstrap over the same pairs).")

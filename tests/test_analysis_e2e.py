@@ -1,7 +1,8 @@
 """End to end: tiny training runs on a random-weight DUSt3R, then analyze_results.py on both.
 
 Checks the files the analysis promises (README.md, section Analysing a trained SAE), their sizes and content, the
-encoder anchor ((A, A) pairs give consistency 1) and the layer comparison. About 20 s on 2 idle cores.
+encoder anchor ((A, A) pairs give consistency 1), the appearance anchor (a `pixels` run) in the layer comparison
+and the consistency section of summary.md. About 1 min on 2 idle cores.
 """
 import json
 import os
@@ -34,13 +35,15 @@ def _wait(proc):
 
 def test_train_then_analyze(tmp_path):
     enc, dec, cmp_dir = tmp_path / "enc", tmp_path / "dec", tmp_path / "cmp"
+    # the third run is the appearance anchor: the same recipe on raw pixels (both training scripts take it)
     train = [_start(["train_encoder_sae.py", *TINY, "--hook=enc_blocks.1", f"--out_dir={tmp_path}", "--run_name=enc"]),
-             _start(["train_decoder_sae.py", *TINY, "--hook=dec_blocks*.1", f"--out_dir={tmp_path}", "--run_name=dec"])]
-    for p in train:  # the two tiny runs in parallel (2 cores)
+             _start(["train_decoder_sae.py", *TINY, "--hook=dec_blocks*.1", f"--out_dir={tmp_path}", "--run_name=dec"]),
+             _start(["train_decoder_sae.py", *TINY, "--hook=pixels", f"--out_dir={tmp_path}", "--run_name=px"])]
+    for p in train:  # the tiny runs in parallel
         _wait(p)
-    out = _wait(_start(["analyze_results.py", str(dec), str(enc), "--n_pairs=8", "--n_perm=20", "--min_support=5",
+    out = _wait(_start(["analyze_results.py", str(dec), str(enc), str(tmp_path / "px"), "--n_pairs=8", "--n_max=200", "--min_support=5",
                         "--n_cards=4", "--n_ply=1", f"--compare_dir={cmp_dir}", "--device=cpu"]))
-    assert "layer comparison of 2 runs" in out
+    assert "layer comparison of 3 runs" in out
 
     for run in (enc, dec):
         n_latents = json.loads((run / "sae_config.json").read_text())["config"]["n_latents"]
@@ -86,4 +89,7 @@ def test_train_then_analyze(tmp_path):
     assert abs(info["jaccard_identical_mass_weighted"] - 1) < 1e-5
     assert Image.open(cmp_dir / "layers.png").size == size
     table = (cmp_dir / "layers.md").read_text()
-    assert table.index("enc_blocks.1") < table.index("dec_blocks*.1")  # forward order, not argument order
+    assert table.index("| px | pixels |") < table.index("enc_blocks.1") < table.index("dec_blocks*.1")  # forward order
+    assert table.count("pixels SAE px") == 3 and "| px | pixels | 4 |" in table  # the anchor at the same k, excess
+    summary = (enc / "summary.md").read_text()
+    assert "Against the appearance anchor" in summary and "Controls on the same pairs" in summary

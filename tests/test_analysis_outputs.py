@@ -52,7 +52,7 @@ def test_latent_pictures_have_expected_sizes(tmp_path):
 def test_summary_figures(tmp_path):
     from tests.test_analysis_metrics import planted
     pa, corrs = planted(n_pairs=8)
-    cons = mv.consistency(pa, corrs, n_perm=10, min_support=5)
+    cons = mv.consistency(pa, corrs, min_support=5, n_max=200)
     asym, st = mv.view_asymmetry(pa, n_boot=10), mv.latent_stats(pa)
     size = (int(figures.FIG_SIZE[0] * figures.FIG_DPI), int(figures.FIG_SIZE[1] * figures.FIG_DPI))
     figures.activation_histograms(st["frequency"], st["mean_activation"], tmp_path / "h.png", "t")

@@ -149,12 +149,13 @@ def consistency_figure(cons, asym, path, title=""):
     Right: histogram of view asymmetry VA over alive latents."""
     fig, ax = plt.subplots(1, 2, figsize=FIG_SIZE, dpi=FIG_DPI)
     if cons is not None:
-        t, s = cons["tested"], cons["significant"]
-        ax[0].scatter(cons["null_max"][t & ~s], cons["jaccard"][t & ~s], s=4, c="grey", label="not significant")
-        ax[0].scatter(cons["null_max"][s], cons["jaccard"][s], s=4, c="tab:red", label="significant (BH q<=0.05)")
+        t, s = cons["tested"], cons["consistent"]
+        ax[0].scatter(cons["null_max"][t & ~s], cons["jaccard"][t & ~s], s=4, c="grey", label="not consistent")
+        ax[0].scatter(cons["null_max"][s], cons["jaccard"][s], s=4, c="tab:red",
+                      label=f"consistent (q<={cons['alpha']}, gain>={cons['min_gain']})")
         ax[0].plot([0, 1], [0, 1], "k--", lw=0.8)
         ax[0].legend(fontsize=8, loc="upper left")
-        ax[0].set(xlabel="strongest null C (shuffle / position / shift / scene)", ylabel="weighted Jaccard C",
+        ax[0].set(xlabel="strongest null C (" + " / ".join(cons["nulls"]) + ")", ylabel="weighted Jaccard C",
                   xlim=(0, 1), ylim=(0, 1), title=f"{t.sum()} tested latents, {cons['n_pairs']} pairs")
     alive = np.isfinite(asym["va"])
     ax[1].hist(asym["va"][alive], bins=np.linspace(-1, 1, 41), color="tab:purple")
@@ -171,9 +172,11 @@ def layer_figure(rows, path):
     fig, ax = plt.subplots(1, 2, figsize=FIG_SIZE, dpi=FIG_DPI)
     x = np.arange(len(rows))
     names = [r["hook"] for r in rows]
-    for key, lab in (("frac_significant_of_alive", "share of alive latents significantly consistent"),
-                     ("mass_weighted_gain", "mass-weighted gain over strongest null")):
-        ax[0].plot(x, [r.get(key, np.nan) for r in rows], "o-", label=lab)
+    ax[0].plot(x, [r.get("frac_consistent_of_alive_power_dependent", np.nan) for r in rows], "o-",
+               label="share of alive latents consistent (power-dependent)")
+    eff = np.array([[r.get(f"effect_{k}", np.nan) for k in ("gain", "lo", "hi")] for r in rows], float).reshape(-1, 3)
+    ax[0].errorbar(x, eff[:, 0], yerr=np.abs(eff[:, 1:].T - eff[:, 0]), fmt="o-", capsize=3,
+                   label="effect: mass-weighted gain over strongest null, 95 % CI")
     for key, lab in (("mass_weighted_abs_va", "|VA| (A,B)"), ("mass_weighted_abs_va_identical_pair", "|VA| (A,A)"),
                      ("mass_weighted_abs_slot_specificity", "|slot specificity| (A,B)+(B,A)")):
         ax[1].plot(x, [r.get(key, np.nan) for r in rows], "o-", label=lab)
