@@ -21,8 +21,10 @@ def open_rgb(path):
     """
     try:
         with PIL.Image.open(path) as im:
-            im = PIL.ImageOps.exif_transpose(im)
-            return im.convert("RGB")  # convert() also forces the full decode inside the try
+            # in place: decodes inside the try and copies nothing when the image is upright and RGB (the
+            # usual case; the default exif_transpose and convert('RGB') each return a full copy)
+            PIL.ImageOps.exif_transpose(im, in_place=True)
+            return im if im.mode == "RGB" else im.convert("RGB")
     except (OSError, ValueError, PIL.Image.DecompressionBombError) as err:
         raise OSError(f"cannot read image {path}: {err}") from err
 
