@@ -35,9 +35,13 @@ def normalize(img):
     Same float32 ops as torchvision's ToTensor then Normalize(0.5, 0.5): (u8/255 - 0.5)/0.5, each
     IEEE-rounded, so numpy gives identical bits (and is much faster than torch on tiny tensors).
     """
-    arr = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)  # (3, H, W)
-    x = arr.astype(np.float32) / np.float32(255)
-    return torch.from_numpy((x - np.float32(0.5)) / np.float32(0.5))
+    x = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32)  # (3, H, W), contiguous
+    # in place: the same three float32 ops, without two fresh (3, H, W) temporaries (their page faults
+    # dominated the time at 512x384)
+    np.divide(x, np.float32(255), out=x)
+    np.subtract(x, np.float32(0.5), out=x)
+    np.divide(x, np.float32(0.5), out=x)
+    return torch.from_numpy(x)
 
 
 def _resize_long_side(img, long_side):
