@@ -68,7 +68,7 @@ class PairDataset(torch.utils.data.Dataset):
 
     def summary(self):
         n_bad = self.bad_items
-        return dict(dataset=self.name, pairs=len(self), bad_items=n_bad,
+        return dict(dataset=self.name, pairs=len(self), geometry=self.geometry, bad_items=n_bad,
                     bad_fraction=n_bad / max(len(self), 1), max_bad_fraction=self.max_bad_fraction,
                     examples=list(self.bad_reasons.values())[:5])
 
