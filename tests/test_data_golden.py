@@ -101,7 +101,8 @@ def test_reader_without_geometry_matches_official_images(case):
         for v, (view, info) in enumerate(zip(ds[index], item["views"])):
             key = f"item{k}.view{v}."
             assert set(view) == IMAGE_ONLY_FIELDS
-            assert [view[f] for f in ("dataset", "label", "instance")] == [info[f] for f in ("dataset", "label", "instance")]
+            strings = ("dataset", "label", "instance")
+            assert [view[f] for f in strings] == [info[f] for f in strings]
             assert view["true_shape"].dtype == np.int32 and view["true_shape"].tolist() == info["true_shape"]
             assert list(view["idx"]) == exp[key + "idx"].tolist() and view["rng"] == int(exp[key + "rng"][0])
             assert torch.equal(view["img"][:, ::s, ::s], exp[key + "img"])
