@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
+from analysis.multiview import PairActivations
 from data.views import untranspose
 
 N_CENTRES = 512  # latents of each control code
@@ -99,7 +100,6 @@ def depth_ratio(geo1, geo2, corr):
 def control_activations(features, n_centres=N_CENTRES, k=K_ACTIVE, seed=0):
     """The control codes of pairs described by `features` (analysis/instrument.py, pair_features):
     {name: PairActivations}; 'world' only when every pair has geometry. Dictionaries drawn from these pairs."""
-    from workbench.multiview import PairActivations
     pix = [[p.astype(np.float64) for p in f["pixels"]] for f in features]
     grids = [f["grid"] for f in features]
     codes = {"pixels": (np.concatenate([p for pp in pix for p in pp]), lambda i, v: (pix[i][v], None)),

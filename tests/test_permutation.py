@@ -10,7 +10,7 @@ import torch
 
 from analysis.consistency import consistency, layer_effect
 from analysis.permutation import benjamini_hochberg, sign_flip_pvalues
-from workbench.multiview import PairActivations
+from analysis.multiview import PairActivations
 
 torch.set_num_threads(1)
 H = W = 14
