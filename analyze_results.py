@@ -175,7 +175,9 @@ def measure(pa, sets, *, data, primary, sae, settings):
                                   rot_bins=settings.rot_bins, strata=k == primary, **m.test) for k, c in sets.items()}
     m.cons = {k: r["decision"] for k, r in m.res.items()}
     k_ctrl = max(1, round(pa["ab"].z1.nnz / max(pa["ab"].z1.shape[0], 1)))  # the SAE's measured L0 on these pairs
-    m.ctrl = instrument.controls(data["feat"], sets[primary], k=k_ctrl, **m.test) if settings.anchor_controls else None
+    ctrl_test = {k: v for k, v in m.test.items() if k != "tau"}  # the codes are exact TopK: no dust threshold
+    m.ctrl = (instrument.controls(data["feat"], sets[primary], k=k_ctrl, **ctrl_test) if settings.anchor_controls
+              else None)
     m.asym, m.stats = mv.view_asymmetry(pa["ab"], seed=seed), mv.latent_stats(pa["ab"])
     m.swap = mv.slot_swap(pa["ab"], pa["ba"]) if controls else None
     m.asym_aa = mv.view_asymmetry(pa["aa"], seed=seed) if controls else None
@@ -193,7 +195,8 @@ def latent_columns(m, *, primary, controls):
     c, asym, stats = m.cons[primary], m.asym, m.stats
     table = dict(latent=np.arange(len(m.labels)), label=m.labels, frequency=stats["frequency"],
                  mean_activation=stats["mean_activation"], jaccard=c["jaccard"], gain=c["gain"], q=c["q"],
-                 strongest_null=c["strongest_null"], gain_all_matches=m.res[primary]["all"]["gain"], va=asym["va"], exclusivity=asym["exclusivity"], positional=stats["positional"])
+                 strongest_null=c["strongest_null"], gain_all_matches=m.res[primary]["all"]["gain"], va=asym["va"],
+                 exclusivity=asym["exclusivity"], positional=stats["positional"])
     if controls:
         table.update(slot_specificity=m.swap["slot_specificity"], content_following=m.swap["content_following"],
                      va_identical=m.asym_aa["va"])
@@ -343,8 +346,8 @@ def analyse_run(run_dir, settings, *, rng):
                           info=dict(hook=hook, pairs=n, correspondences=info["correspondence"], **summ),
                           table=table, cards=cards, figures=figs, embed=settings.embed_images)
     print(f"   effect {instrument.fmt_effect(m.res[primary]['effect'])}; {pct(summ['n_consistent'], summ['n_alive'])} "
-          f"alive latents consistent; mass-weighted |VA| {summ['mass_weighted_abs_va']:.3f}; wrote {run_dir}/index.html, "
-          f"summary.md ({time.time() - t0:.0f} s)")
+          f"alive latents consistent; mass-weighted |VA| {summ['mass_weighted_abs_va']:.3f}; "
+          f"wrote {run_dir}/index.html, summary.md ({time.time() - t0:.0f} s)")
     return dict(summ, **info["consistency"], run=run, hook=hook, k=sae.cfg.k, effect=m.res[primary]["effect"],
                 controls=m.ctrl)
 

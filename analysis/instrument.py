@@ -30,7 +30,8 @@ def pair_features(view1, view2, patch=16):
     pix = [ap.patch_pixels(torch.as_tensor(v["img"])[None], torch.as_tensor(v["true_shape"])[None], patch)[0]
            .numpy().astype(np.float16) for v in (view1, view2)]
     geo = [patch_geometry(v, patch) for v in (view1, view2)] if all("pts3d" in v for v in (view1, view2)) else None
-    return dict(pixels=pix, geometry=geo, grid=[np.asarray(v["true_shape"]).reshape(2) // patch for v in (view1, view2)],
+    grid = [np.asarray(v["true_shape"]).reshape(2) // patch for v in (view1, view2)]
+    return dict(pixels=pix, geometry=geo, grid=grid,
                 scene=str(view1.get("label", view1.get("instance", ""))), patch=patch)
 
 
@@ -168,7 +169,8 @@ def comparison_lines(rows):
                 extra.append((name, r, ctrl))
         ex = excess(r["effect"], eff) if eff is not None else None
         lines.append(f"| {r['run']} | {r['hook']} | {r['k']} | {r['n_pairs']} | {r['min_support']} | "
-                     f"{r['n_consistent']}/{r['n_alive']} | {fmt_effect(r['effect'])} | {name or 'none (controls off)'} | "
+                     f"{r['n_consistent']}/{r['n_alive']} | {fmt_effect(r['effect'])} | "
+                     f"{name or 'none (controls off)'} | "
                      f"{'anchor' if r['hook'] == 'pixels' else fmt_effect(ex)} |")
     for name, r, c in extra:  # the control anchors as rows of their own
         lines.append(f"| {name} | raw pixels | {r['k']} | {r['n_pairs']} | {r['min_support']} | "

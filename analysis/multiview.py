@@ -1,9 +1,10 @@
 """Multi-view metrics of SAE latents on DUSt3R view pairs: the activation store, asymmetry, controls, labels.
 
 Definitions (README, "How to read the metrics"): cross-view consistency with its nulls and calibrated tests is
-in analysis/consistency.py (re-exported here); view asymmetry, and the slot-swap and identical-image controls that separate content from branch. Everything is vectorised over latents: the
-codes are stored as scipy CSR matrices (TopK codes are ~99.8 % zeros) and every per-latent number
-is a column sum, so thousands of latents and hundreds of pairs cost seconds on a CPU.
+in analysis/consistency.py (re-exported here); view asymmetry, and the slot-swap and identical-image controls
+that separate content from branch. Everything is vectorised over latents: the codes are stored as scipy CSR
+matrices (TopK codes are ~99.8 % zeros) and every per-latent number is a column sum, so thousands of latents
+and hundreds of pairs cost seconds on a CPU.
 
 Letters: P pairs, N tokens of one view (row-major over its h×w patch grid, token n at y = n // w,
 x = n % w), S SAE latents, T tokens of one slot pooled over pairs, M matched view-1 tokens pooled.

@@ -10,8 +10,8 @@ from analysis import figures, instrument, multiview as mv
 from training.hooks import hook_rank, view_sources
 
 # keys of the layer comparison table (layers.md), in column order
-LAYER_KEYS = ("n_pairs", "n_alive", "mass_weighted_abs_va", "mass_weighted_abs_va_identical_pair", "mass_weighted_abs_slot_specificity",
-              "mass_weighted_content_following")
+LAYER_KEYS = ("n_pairs", "n_alive", "mass_weighted_abs_va", "mass_weighted_abs_va_identical_pair",
+              "mass_weighted_abs_slot_specificity", "mass_weighted_content_following")
 
 
 def json_safe(v, digits=None):

@@ -325,7 +325,8 @@ class AsymmetricCroCo3DStereo(nn.Module):
     def _check(self, names):
         bad = [n for n in names if n not in self._order]
         if bad:
-            raise KeyError(f"unknown hook point(s) {bad}; valid: pixels, patch_embed, enc_blocks.0..{len(self.enc_blocks) - 1}, "
+            raise KeyError(f"unknown hook point(s) {bad}; valid: pixels, patch_embed, "
+                           f"enc_blocks.0..{len(self.enc_blocks) - 1}, "
                            f"enc_norm, decoder_embed, dec_blocks.i, dec_blocks2.i (0..{len(self.dec_blocks) - 1}), dec_norm")
 
     def _run(self, view1, view2, edits, record, heads):

@@ -44,8 +44,8 @@ def test_train_then_analyze(tmp_path):
              _start(["train_decoder_sae.py", *TINY, "--hook=pixels", f"--out_dir={tmp_path}", "--run_name=px"])]
     for p in train:  # the tiny runs in parallel
         _wait(p)
-    out = _wait(_start(["analyze_results.py", str(dec), str(enc), str(tmp_path / "px"), "--n_pairs=8", "--n_max=200", "--min_support=5",
-                        "--n_cards=4", "--n_ply=1", f"--compare_dir={cmp_dir}", "--device=cpu"]))
+    out = _wait(_start(["analyze_results.py", str(dec), str(enc), str(tmp_path / "px"), "--n_pairs=8", "--n_max=200",
+                        "--min_support=5", "--n_cards=4", "--n_ply=1", f"--compare_dir={cmp_dir}", "--device=cpu"]))
     assert "layer comparison of 3 runs" in out
 
     for run in (enc, dec):

@@ -52,7 +52,8 @@ class LossSum:
         """The loss; with pair weights w (B, P) (bootstrap resample counts) one value per resample (B,)."""
         if w is None:
             return sum(sum(n) / max(sum(d), 1) for n, d in zip(self.num, self.den))
-        return sum((w @ np.asarray(n)) / np.maximum(w @ np.asarray(d, np.float64), 1) for n, d in zip(self.num, self.den))
+        return sum((w @ np.asarray(n)) / np.maximum(w @ np.asarray(d, np.float64), 1)
+                   for n, d in zip(self.num, self.den))
 
 
 def normalize_avg_dis(pts, valid):

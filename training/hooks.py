@@ -12,8 +12,8 @@ import contextlib
 import torch
 
 # every hook family in forward order (the layer comparison sorts by it); block i of a family ranks base + i + 1
-HOOK_ORDER = {"pixels": -1, "patch_embed": 0, "enc_blocks": 1, "enc_norm": 1000, "decoder_embed": 1001, "dec_blocks": 1002,
-              "dec_blocks2": 1002, "dec_blocks*": 1002, "dec_norm": 2000}
+HOOK_ORDER = {"pixels": -1, "patch_embed": 0, "enc_blocks": 1, "enc_norm": 1000, "decoder_embed": 1001,
+              "dec_blocks": 1002, "dec_blocks2": 1002, "dec_blocks*": 1002, "dec_norm": 2000}
 
 
 def parse_hook(hook):
