@@ -118,7 +118,7 @@ def summary_lines(r, n_alive, ctrl=None, anchor=None):
                             ("strata_photometric", "photometric difference (descriptor distance, quartiles)", ""),
                             ("strata_scale", "scale change (depth ratio)", "x")):
         if key in r:
-            lines.append(f"- By {name}: " + "; ".join(
+            lines.append(f"- By {name}, all matches: " + "; ".join(
                 f"[{s['bin'][0]:.3g}, {s['bin'][1]:.3g}){unit} {s['n_matched']} matches: {fmt_effect(s)}"
                 for s in r[key]) + ".")
     if ctrl:
