@@ -1,0 +1,328 @@
+"""Layer probes: where DUSt3R's tokens start to carry correspondence and 3D (issue 11).
+
+For every layer in a list, on pairs with ground-truth geometry:
+  * correspondence: mutual nearest neighbours of view-1 and view-2 tokens by cosine similarity,
+    scored against the ground-truth patch matches of data/correspondence.py. Over the view-1 patches
+    that have a ground-truth match: precision = correct / mutual-NN matches made there, recall =
+    correct / ground-truth matches; "exact" = the matched view-2 patch, "within 1" = Chebyshev
+    distance <= 1 on view 2's patch grid. Mutual-NN matches of patches without a ground-truth match
+    (occluded, out of view) are counted separately (`n_pred_unmatched`), not as errors.
+    Null: the same with view 2's tokens shuffled within the pair (chance at these grids); control:
+    the identity match p -> p (what "same grid position" gets on these pairs, for free).
+  * a linear pointmap probe per layer and view, as DUSt3R's linear head: token (C,) -> its patch's
+    p*p*3 points, fitted by ridge regression (closed form from streamed sums, so two DUSt3R passes per
+    pair whatever the number of layers) on the train split, scored on the val split with DUSt3R's own
+    normalised 3D error: prediction and ground truth (view 2 in view 1's frame) each divided by the
+    average distance to the origin over the valid pixels of both views (Regr3D, norm_mode='avg_dis'),
+    per-pixel Euclidean distance averaged over valid pixels, per view. Targets are the normalised
+    ground-truth points; tokens whose patch has an invalid pixel are left out of the fit.
+    Null: the position-only predictor (the train mean of the normalised pointmap at each pixel) = what
+    the probe gets from where a token sits, not what it carries.
+A layer is a hook point of the model; a decoder block's two branches form one layer, written
+'dec_blocks*.<i>[.<sub>]': view 1's tokens from 'dec_blocks.<i>[.<sub>]', view 2's from 'dec_blocks2...'.
+Letters: B batch, N tokens of a view (row-major patch grid), C channels, p patch size, O = p*p*3.
+"""
+import matplotlib
+
+matplotlib.use("Agg")  # headless
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from einops import rearrange  # noqa: E402
+
+from data import collate_pairs, patch_correspondences  # noqa: E402
+from workbench.activations import autocast, views_to  # noqa: E402
+from workbench.evaluate import ground_truth, normalize_avg_dis  # noqa: E402
+
+RIDGE = 1e-3  # ridge strength on standardised features (relative to the correlation matrix's mean eigenvalue, 1)
+
+
+# ------------------------------------------------------------------------------------------------ layers
+
+def layer_sources(layer):
+    """Layer name -> (hook point of view 1's tokens, hook point of view 2's tokens)."""
+    for prefix in ("dec_blocks*.", "dec_blocks.", "dec_blocks2."):
+        if layer.startswith(prefix):
+            rest = layer[len(prefix):]
+            return f"dec_blocks.{rest}", f"dec_blocks2.{rest}"
+    return layer, layer
+
+
+def default_layers(hook_points):
+    """Every hook point of the model in forward order, a decoder block's two branches as one layer."""
+    out = []
+    for name in hook_points:
+        if name.startswith("dec_blocks2."):
+            continue
+        out.append("dec_blocks*." + name[len("dec_blocks."):] if name.startswith("dec_blocks.") else name)
+    return out
+
+
+def parse_layers(spec, hook_points):
+    """'all' or a comma-separated list (or a list) of layers -> layers in forward order; unknown names
+    are an error that lists the model's hook points."""
+    layers = default_layers(hook_points) if spec == "all" else (
+        [s.strip() for s in spec.split(",") if s.strip()] if isinstance(spec, str) else list(spec))
+    order = {name: i for i, name in enumerate(hook_points)}
+    bad = [layer for layer in layers if any(s not in order for s in layer_sources(layer))]
+    if bad or not layers:
+        raise ValueError(f"hooks={spec!r}: unknown layer(s) {bad}; valid hook points: {list(hook_points)} "
+                         "(a decoder block's branches together: dec_blocks*.<i>)")
+    uniq = list(dict.fromkeys(layers))
+    return sorted(uniq, key=lambda layer: max(order[s] for s in layer_sources(layer)))
+
+
+@torch.no_grad()
+def pair_tokens(model, view1, view2, layers, device):
+    """{layer: (view-1 tokens (B, N1, C), view-2 tokens (B, N2, C))} float32 on the CPU; one forward that
+    stops after the last hook point needed."""
+    hooks = sorted({s for layer in layers for s in layer_sources(layer)})
+    with autocast(device):
+        out = model.forward_hooks(views_to(view1, device), views_to(view2, device), hooks=hooks)
+    res = {}
+    for layer in layers:
+        s1, s2 = layer_sources(layer)
+        res[layer] = (out.tokens[s1][0].float().cpu(), out.tokens[s2][1].float().cpu())
+    return res
+
+
+# ------------------------------------------------------------------------------------------------ geometry
+
+def _real_orientation(x, true_shape):
+    """(H, W, ...) array of a landscape-transposed portrait view -> its real orientation."""
+    H, W = (int(v) for v in true_shape)
+    return x.transpose(0, 1) if H != W and tuple(x.shape[:2]) == (W, H) else x
+
+
+def patch_targets(view1, view2, patch):
+    """Normalised ground-truth pointmaps as token rows: [(B, N1, O), (B, N2, O)] and pixel masks
+    [(B, N1, p*p), (B, N2, p*p)], view 2 in view 1's frame, real orientation, row-major grid."""
+    gt = ground_truth(view1, view2)
+    if gt is None:
+        raise ValueError("layer probes need views with geometry (pts3d, camera_pose, valid_mask): use a dataset "
+                         "with depth and poses (builtin, blendedmvs, arkitscenes, middlebury)")
+    pts, valid = gt
+    pts = normalize_avg_dis(pts, valid)
+    rows, masks = [], []
+    for p, m, view in zip(pts, valid, (view1, view2)):
+        P = torch.stack([_real_orientation(p[b], view["true_shape"][b]) for b in range(len(p))])  # (B, H, W, 3)
+        M = torch.stack([_real_orientation(m[b], view["true_shape"][b]) for b in range(len(m))])  # (B, H, W)
+        rows.append(rearrange(P, "b (h p1) (w p2) c -> b (h w) (p1 p2 c)", p1=patch, p2=patch))
+        masks.append(rearrange(M, "b (h p1) (w p2) -> b (h w) (p1 p2)", p1=patch, p2=patch))
+    return rows, masks
+
+
+# ------------------------------------------------------------------------------------------------ correspondence
+
+def mutual_nn(f1, f2):
+    """Mutual nearest neighbours by cosine similarity: f1 (N1, C), f2 (N2, C) -> (N1,) view-2 index or -1."""
+    sim = torch.nn.functional.normalize(f1.double(), dim=-1) @ torch.nn.functional.normalize(f2.double(), dim=-1).T
+    fwd, bwd = sim.argmax(1), sim.argmax(0)  # (N1,), (N2,)
+    return torch.where(bwd[fwd] == torch.arange(len(f1)), fwd, torch.full_like(fwd, -1))
+
+
+class MatchScore:
+    """Counts for correspondence precision / recall (module docstring), accumulated over pairs."""
+
+    def __init__(self):
+        self.n_gt, self.n_pred, self.exact, self.near, self.n_pred_unmatched = 0, 0, 0, 0, 0
+
+    def update(self, pred, gt, w2):
+        """pred, gt: (N1,) view-2 indices or -1; w2: view 2's grid width."""
+        pred, gt = np.asarray(pred), np.asarray(gt)
+        has_gt, made = gt >= 0, pred >= 0
+        both = has_gt & made
+        dy = np.abs(pred[both] // w2 - gt[both] // w2)
+        dx = np.abs(pred[both] % w2 - gt[both] % w2)
+        self.n_gt += int(has_gt.sum())
+        self.n_pred += int(both.sum())
+        self.n_pred_unmatched += int((made & ~has_gt).sum())
+        self.exact += int((pred[both] == gt[both]).sum())
+        self.near += int((np.maximum(dy, dx) <= 1).sum())
+
+    def result(self):
+        return dict(precision_exact=self.exact / max(self.n_pred, 1), recall_exact=self.exact / max(self.n_gt, 1),
+                    precision_within_1=self.near / max(self.n_pred, 1), recall_within_1=self.near / max(self.n_gt, 1),
+                    n_gt_matches=self.n_gt, n_predicted=self.n_pred, n_pred_unmatched=self.n_pred_unmatched)
+
+
+# ------------------------------------------------------------------------------------------------ pointmap probe
+
+class LinearProbe:
+    """Ridge regression y = x W + b from streamed float64 sums (rows with NaN targets are skipped)."""
+
+    def __init__(self, d_in, d_out, device="cpu"):
+        z = dict(dtype=torch.float64, device=device)
+        self.n, self.sx, self.sy = 0, torch.zeros(d_in, **z), torch.zeros(d_out, **z)
+        self.sxx, self.sxy = torch.zeros(d_in, d_in, **z), torch.zeros(d_in, d_out, **z)
+        self.W = self.b = None
+
+    def update(self, x, y):
+        """x (T, d_in), y (T, d_out)."""
+        x, y = x.to(self.sx.device, torch.float64), y.to(self.sx.device, torch.float64)
+        self.n += len(x)
+        self.sx += x.sum(0)
+        self.sy += y.sum(0)
+        self.sxx += x.T @ x
+        self.sxy += x.T @ y
+
+    def solve(self, ridge=RIDGE):
+        if self.n < 2:
+            raise ValueError(f"linear probe: {self.n} training rows; need pairs with valid geometry")
+        mx, my = self.sx / self.n, self.sy / self.n
+        cov = self.sxx / self.n - torch.outer(mx, mx)  # centred: the intercept is not shrunk
+        cxy = self.sxy / self.n - torch.outer(mx, my)
+        # standardised features, so the ridge treats every channel alike whatever its scale (constant ones: 1)
+        sd = cov.diagonal().clamp_min(0).sqrt()
+        sd = torch.where(sd > 1e-12 * max(float(sd.max()), 1e-300), sd, torch.ones_like(sd))
+        corr = cov / torch.outer(sd, sd)
+        eye = torch.eye(len(cov), dtype=cov.dtype, device=cov.device)
+        self.W = torch.linalg.solve(corr + ridge * eye, cxy / sd[:, None]) / sd[:, None]
+        self.b = my - mx @ self.W
+        return self
+
+    def predict(self, x):
+        return (x.to(self.W.device, torch.float64) @ self.W + self.b).float().cpu()
+
+
+class PointError:
+    """DUSt3R's normalised 3D error per view (Regr3D, avg_dis), summed over valid pixels of all pairs."""
+
+    def __init__(self):
+        self.sum, self.count = [0.0, 0.0], [0, 0]
+
+    def update(self, pred, gt, valid, patch, grids):
+        """pred, gt: [(B, N1, O), (B, N2, O)] token rows (gt already normalised); valid [(B, N, p*p)];
+        grids: [(B, 2), (B, 2)] patch grids. The prediction is normalised here, like Regr3D's."""
+        maps = [[rearrange(r[b], "(h w) (p1 p2 c) -> (h p1) (w p2) c", h=int(g[b][0]), p1=patch, p2=patch)
+                 for b in range(len(r))] for r, g in zip(pred, grids)]
+        masks = [[rearrange(m[b], "(h w) (p1 p2) -> (h p1) (w p2)", h=int(g[b][0]), p1=patch)
+                  for b in range(len(m))] for m, g in zip(valid, grids)]
+        for b in range(len(pred[0])):  # one pair at a time: the two views may differ in shape
+            p = normalize_avg_dis([maps[0][b][None], maps[1][b][None]], [masks[0][b][None], masks[1][b][None]])
+            for v in range(2):
+                g = rearrange(gt[v][b], "(h w) (p1 p2 c) -> (h p1) (w p2) c", h=int(grids[v][b][0]), p1=patch,
+                              p2=patch)
+                err = (p[v][0].double() - g.double()).norm(dim=-1)  # (H, W) L2 distance per pixel
+                self.sum[v] += float(err[masks[v][b]].sum())
+                self.count[v] += int(masks[v][b].sum())
+
+    def result(self):
+        return [s / max(c, 1) for s, c in zip(self.sum, self.count)]
+
+
+# ------------------------------------------------------------------------------------------------ sweep
+
+def _batches(ds, n, batch_size):
+    for lo in range(0, n, batch_size):
+        yield collate_pairs([ds[i] for i in range(lo, min(lo + batch_size, n))])
+
+
+def _grids(view1, view2, patch):
+    """(B, 2) real-orientation patch grids (h, w) of both views (the model's token order)."""
+    return [torch.as_tensor(v["true_shape"]).reshape(-1, 2).long() // patch for v in (view1, view2)]
+
+
+def probe_sweep(model, train_ds, val_ds, layers, *, n_train, n_val, batch_size=8, device="cpu", ridge=RIDGE, seed=0,
+                log=print):
+    """Correspondence accuracy and linear pointmap probes for every layer (module docstring).
+
+    Returns dict(rows=[one dict per layer, forward order], baselines=dict(identity=..., position=[err1, err2]),
+    n_train, n_val). Costs one DUSt3R forward per train pair and one per val pair for all layers together."""
+    patch, device = model.patch_size, torch.device(device)
+    n_train, n_val = min(n_train, len(train_ds)), min(n_val, len(val_ds))
+    probes, pos_sum, pos_cnt = {}, [None, None], [None, None]
+    for i, (view1, view2) in enumerate(_batches(train_ds, n_train, batch_size)):
+        toks = pair_tokens(model, view1, view2, layers, device)
+        Y, M = patch_targets(view1, view2, patch)
+        for v in range(2):
+            full = M[v].all(-1)  # (B, N): tokens whose whole patch is valid
+            if pos_sum[v] is None:
+                pos_sum[v], pos_cnt[v] = torch.zeros(Y[v].shape[1:], dtype=torch.float64), torch.zeros(Y[v].shape[1:])
+            if Y[v].shape[1:] != pos_sum[v].shape:
+                raise ValueError(f"train pairs have different patch grids ({tuple(Y[v].shape[1:])} vs "
+                                 f"{tuple(pos_sum[v].shape)}): run the probes at one resolution")
+            m = M[v].repeat_interleave(3, -1)  # (B, N, O): pixel mask per coordinate
+            pos_sum[v] += (Y[v].double() * m).sum(0)
+            pos_cnt[v] += m.sum(0)
+            for layer in layers:
+                x = toks[layer][v]  # (B, N, C)
+                if (layer, v) not in probes:
+                    probes[(layer, v)] = LinearProbe(x.shape[-1], Y[v].shape[-1], device)
+                probes[(layer, v)].update(x[full], Y[v][full])
+        log(f"probe fit: {min((i + 1) * batch_size, n_train)}/{n_train} train pairs")
+    for pr in probes.values():
+        pr.solve(ridge)
+    position = [(s / c.clamp_min(1)).float() for s, c in zip(pos_sum, pos_cnt)]  # (N, O) per view
+
+    rng = torch.Generator().manual_seed(seed)
+    match = {layer: MatchScore() for layer in layers}
+    null = {layer: MatchScore() for layer in layers}
+    err = {layer: PointError() for layer in layers}
+    identity, pos_err = MatchScore(), PointError()
+    for i, (view1, view2) in enumerate(_batches(val_ds, n_val, batch_size)):
+        toks = pair_tokens(model, view1, view2, layers, device)
+        Y, M = patch_targets(view1, view2, patch)
+        grids = _grids(view1, view2, patch)
+        B = len(Y[0])
+        gts = [np.asarray(patch_correspondences({k: v[b] for k, v in view1.items()},
+                                                {k: v[b] for k, v in view2.items()}, patch=patch)) for b in range(B)]
+        w2 = [int(g[1]) for g in grids[1]]
+        if position[0].shape != Y[0].shape[1:] or position[1].shape != Y[1].shape[1:]:
+            raise ValueError("val pairs have another patch grid than the train pairs: run the probes at one resolution")
+        pos_err.update([position[0].expand_as(Y[0]), position[1].expand_as(Y[1])], Y, M, patch, grids)
+        for b in range(B):
+            N1, N2 = len(gts[b]), int(grids[1][b].prod())
+            identity.update(np.where(np.arange(N1) < N2, np.arange(N1), -1), gts[b], w2[b])
+        for layer in layers:
+            t1, t2 = toks[layer]
+            err[layer].update([probes[(layer, 0)].predict(t1), probes[(layer, 1)].predict(t2)], Y, M, patch, grids)
+            for b in range(B):
+                match[layer].update(mutual_nn(t1[b], t2[b]).numpy(), gts[b], w2[b])
+                perm = torch.randperm(t2.shape[1], generator=rng)  # shuffled null: view-2 tokens in random places
+                shuffled = mutual_nn(t1[b], t2[b][perm])
+                null[layer].update(shuffled.numpy(), gts[b], w2[b])  # indices into the shuffled order: random places
+        log(f"probe eval: {min((i + 1) * batch_size, n_val)}/{n_val} val pairs")
+
+    rows = []
+    for layer in layers:
+        e = err[layer].result()
+        rows.append(dict(layer=layer, sources=list(layer_sources(layer)), dim=int(probes[(layer, 0)].sx.shape[0]),
+                         correspondence=match[layer].result(), correspondence_shuffled=null[layer].result(),
+                         probe_err_view1=e[0], probe_err_view2=e[1],
+                         n_fit_tokens=[probes[(layer, v)].n for v in range(2)], n_val_pixels=err[layer].count))
+    return dict(rows=rows, n_train=n_train, n_val=n_val, ridge=ridge,
+                baselines=dict(identity=identity.result(), position_err=pos_err.result()))
+
+
+# ------------------------------------------------------------------------------------------------ figure
+
+def probe_figure(res, path, title=""):
+    """Two panels along the forward order: correspondence precision / recall (with the shuffled null and the
+    identity control), and the probe's normalised 3D error per view (with the position-only null)."""
+    rows = res["rows"]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(1, 2, figsize=(12.0, 4.5), dpi=100)
+    for key, style in (("precision_within_1", "o-"), ("recall_within_1", "s-"), ("precision_exact", "o--"),
+                       ("recall_exact", "s--")):
+        ax[0].plot(x, [r["correspondence"][key] for r in rows], style, ms=3, label=key.replace("_", " "))
+    ax[0].plot(x, [r["correspondence_shuffled"]["precision_within_1"] for r in rows], ":", color="grey",
+               label="null: view 2 shuffled (precision within 1)")
+    ax[0].axhline(res["baselines"]["identity"]["precision_within_1"], color="k", lw=0.8, ls="-.",
+                  label="control: same grid position (within 1)")
+    ax[0].set_ylim(-0.02, 1.02)
+    ax[0].set_title("token correspondence: mutual NN (cosine) vs ground truth", fontsize=10)
+    for v, c in ((1, "C0"), (2, "C3")):
+        ax[1].plot(x, [r[f"probe_err_view{v}"] for r in rows], "o-", ms=3, color=c, label=f"linear probe, view {v}")
+        ax[1].axhline(res["baselines"]["position_err"][v - 1], color=c, lw=0.8, ls=":",
+                      label=f"null: position only, view {v}")
+    ax[1].set_ylim(bottom=0)
+    ax[1].set_title("linear pointmap probe: normalised 3D error (val, lower is better)", fontsize=10)
+    for a in ax:
+        a.set_xticks(x, [r["layer"] for r in rows], rotation=60, ha="right", fontsize=6)
+        a.legend(fontsize=6)
+        a.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.32, top=0.88, wspace=0.15)
+    fig.savefig(path)
+    plt.close(fig)

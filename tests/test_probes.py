@@ -1,0 +1,121 @@
+"""Layer probes (analysis/probes.py) on built-in scenes with a planted model whose 'exact' layer carries the
+ground-truth geometry and whose 'noise' layer carries Gaussian noise, plus a run on random-tiny DUSt3R."""
+import numpy as np
+import pytest
+import torch
+
+from analysis import probes
+from data import make_dataset
+from models.dust3r import HookOutput
+from workbench.activations import build_dust3r
+
+RES = 96  # 6x6 patch grid: fast to render, enough tokens for the statistics
+P = 16
+
+
+class PlantedModel:
+    """forward_hooks only. 'exact' = the patch's normalised ground-truth points (view 1's frame) followed by
+    random Fourier features of the patch's mean point (cosine ~ a Gaussian kernel in 3D, so mutual nearest
+    neighbours are 3D neighbours); 'noise' = i.i.d. Gaussian tokens."""
+
+    patch_size = P
+    hook_points = ["exact", "noise"]
+
+    def __init__(self, n_freq=128, sigma=0.05, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.freq = torch.randn(3, n_freq, generator=g, dtype=torch.float64) / sigma
+        self.noise = torch.Generator().manual_seed(seed + 1)
+
+    def forward_hooks(self, view1, view2, hooks):
+        rows, _ = probes.patch_targets(view1, view2, P)  # [(B, N, p*p*3)]
+        toks = {}
+        exact = []
+        for r in rows:
+            mean = r.double().reshape(*r.shape[:2], P * P, 3).mean(2)  # (B, N, 3)
+            phase = mean @ self.freq
+            rff = torch.cat([phase.cos(), phase.sin()], -1) * 10  # dominates the cosine over the raw points
+            exact.append(torch.cat([r.double(), rff], -1).float())
+        toks["exact"] = tuple(exact)
+        toks["noise"] = tuple(torch.randn(*r.shape[:2], 64, generator=self.noise) for r in rows)
+        grids = probes._grids(view1, view2, P)
+        return HookOutput(toks, *grids)
+
+
+@pytest.fixture(scope="module")
+def planted_result():
+    train = make_dataset("builtin", resolution=RES, split="train", n_scenes=4)
+    val = make_dataset("builtin", resolution=RES, split="val", n_scenes=2)
+    return probes.probe_sweep(PlantedModel(), train, val, ["exact", "noise"], n_train=18, n_val=12, batch_size=6,
+                              log=lambda *_: None)
+
+
+def test_exact_features_are_near_perfect(planted_result):
+    row = planted_result["rows"][0]
+    c = row["correspondence"]
+    assert row["layer"] == "exact" and c["n_gt_matches"] > 100
+    assert c["precision_within_1"] > 0.95 and c["recall_within_1"] > 0.7
+    assert c["precision_exact"] > 0.5
+    pos = planted_result["baselines"]["position_err"]
+    assert min(pos) > 0.1  # the position-only null is far from perfect on these rooms
+    for v in (1, 2):  # fewer fit rows (18 pairs x 36) than features (1024): the ridge leaves a little error
+        assert row[f"probe_err_view{v}"] < min(0.03, 0.1 * pos[v - 1])
+
+
+def test_noise_features_are_at_chance(planted_result):
+    row = planted_result["rows"][1]
+    c, null = row["correspondence"], row["correspondence_shuffled"]
+    assert c["precision_within_1"] < 0.35 and abs(c["precision_within_1"] - null["precision_within_1"]) < 0.1
+    assert c["precision_exact"] < 0.1
+    pos = planted_result["baselines"]["position_err"]
+    for v in (1, 2):  # no better than knowing where the token sits
+        assert row[f"probe_err_view{v}"] > 0.9 * pos[v - 1]
+
+
+def test_match_score_counts():
+    s = probes.MatchScore()
+    gt = np.array([0, 5, -1, 7])  # view-2 grid width 4: 5 = (1, 1), 7 = (1, 3)
+    pred = np.array([0, 0, 3, -1])  # exact; Chebyshev 1 from 5; unmatched patch; no prediction
+    s.update(pred, gt, 4)
+    r = s.result()
+    assert (r["n_gt_matches"], r["n_predicted"], r["n_pred_unmatched"]) == (3, 2, 1)
+    assert r["precision_exact"] == 0.5 and r["precision_within_1"] == 1.0
+    assert r["recall_exact"] == pytest.approx(1 / 3) and r["recall_within_1"] == pytest.approx(2 / 3)
+
+
+def test_mutual_nn_and_linear_probe():
+    f = torch.randn(10, 6, dtype=torch.float64)
+    perm = torch.randperm(10)
+    assert (probes.mutual_nn(f, f[perm]) == torch.argsort(perm)).all()
+    x = torch.randn(500, 6, dtype=torch.float64)
+    W, b = torch.randn(6, 4, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    pr = probes.LinearProbe(6, 4)
+    pr.update(x[:250], x[:250] @ W + b)
+    pr.update(x[250:], x[250:] @ W + b)
+    pr.solve(ridge=0.0)
+    assert torch.allclose(pr.predict(x).double(), x @ W + b, atol=1e-4)
+
+
+def test_layers_parse_and_order():
+    model = build_dust3r("random-tiny", "cpu")
+    layers = probes.default_layers(model.hook_points)
+    assert "dec_blocks*.1" in layers and not any(name.startswith("dec_blocks2") for name in layers)
+    assert probes.layer_sources("dec_blocks*.1") == ("dec_blocks.1", "dec_blocks2.1")
+    assert probes.layer_sources("dec_blocks2.0") == ("dec_blocks.0", "dec_blocks2.0")
+    assert probes.parse_layers("dec_blocks.1, enc_blocks.0,enc_norm", model.hook_points) == [
+        "enc_blocks.0", "enc_norm", "dec_blocks.1"]
+    with pytest.raises(ValueError, match="enc_blocks.9"):
+        probes.parse_layers("enc_blocks.9", model.hook_points)
+
+
+def test_sweep_on_random_tiny(tmp_path):
+    model = build_dust3r("random-tiny", "cpu")
+    train = make_dataset("builtin", resolution=RES, split="train", n_scenes=1)
+    val = make_dataset("builtin", resolution=RES, split="val", n_scenes=1)
+    layers = probes.parse_layers("all", model.hook_points)
+    res = probes.probe_sweep(model, train, val, layers, n_train=9, n_val=3, batch_size=5, log=lambda *_: None)
+    assert [r["layer"] for r in res["rows"]] == layers and res["n_val"] == 3
+    for r in res["rows"]:
+        assert 0 <= r["correspondence"]["precision_within_1"] <= 1 and np.isfinite(r["probe_err_view2"])
+        assert r["n_fit_tokens"] == [9 * 36, 9 * 36] and r["n_val_pixels"] == [3 * RES * RES] * 2
+    probes.probe_figure(res, tmp_path / "probes.png", "random-tiny")
+    assert (tmp_path / "probes.png").stat().st_size > 10_000
