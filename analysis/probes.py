@@ -10,14 +10,18 @@ For every layer in a list, on pairs with ground-truth geometry:
     Null: the same with view 2's tokens shuffled within the pair (chance at these grids); control:
     the identity match p -> p (what "same grid position" gets on these pairs, for free).
   * a linear pointmap probe per layer and view, as DUSt3R's linear head: token (C,) -> its patch's
-    p*p*3 points, fitted by ridge regression (closed form from streamed sums, so two DUSt3R passes per
-    pair whatever the number of layers) on the train split, scored on the val split with DUSt3R's own
-    normalised 3D error: prediction and ground truth (view 2 in view 1's frame) each divided by the
-    average distance to the origin over the valid pixels of both views (Regr3D, norm_mode='avg_dis'),
-    per-pixel Euclidean distance averaged over valid pixels, per view. Targets are the normalised
-    ground-truth points; tokens whose patch has an invalid pixel are left out of the fit.
-    Null: the position-only predictor (the train mean of the normalised pointmap at each pixel) = what
-    the probe gets from where a token sits, not what it carries.
+    p*p*3 points. A linear map of the features alone cannot know where the token sits (DUSt3R's RoPE
+    never writes position into the tokens of a random model), and a pointmap is mostly ray direction,
+    i.e. position; so the probe is features W + one intercept per grid position, fitted jointly, and it
+    measures what the features add to position. Fitted by ridge regression
+    (closed form from streamed sums: two DUSt3R passes per pair whatever the number of layers) on the
+    train split, scored on the val split with DUSt3R's own normalised 3D error: prediction and ground
+    truth (view 2 in view 1's frame) each divided by the average distance to the origin over the valid
+    pixels of both views (Regr3D, norm_mode='avg_dis'), per-pixel Euclidean distance averaged over
+    valid pixels, per view. Targets are the normalised ground-truth points; tokens whose patch has an
+    invalid pixel are left out of the fit.
+    Null: the train mean of the target at each grid position (position only) = what a layer without 3D
+    information scores; noise features score it or slightly worse (overfitting), exact features near 0.
 A layer is a hook point of the model; a decoder block's two branches form one layer, written
 'dec_blocks*.<i>[.<sub>]': view 1's tokens from 'dec_blocks.<i>[.<sub>]', view 2's from 'dec_blocks2...'.
 Letters: B batch, N tokens of a view (row-major patch grid), C channels, p patch size, O = p*p*3.
@@ -149,40 +153,50 @@ class MatchScore:
 # ------------------------------------------------------------------------------------------------ pointmap probe
 
 class LinearProbe:
-    """Ridge regression y = x W + b from streamed float64 sums (rows with NaN targets are skipped)."""
+    """y = c[pos] + x W for a token at grid position pos: a linear map of the features plus one intercept per
+    grid position, fitted jointly (fixed effects: ridge regression of the within-position deviations, then
+    c = mean y - (mean x) W per position; Frisch-Waugh-Lovell). The null m[pos] = the train mean of y at
+    the position is kept too. Closed form from streamed float64 sums."""
 
-    def __init__(self, d_in, d_out, device="cpu"):
+    def __init__(self, d_in, d_out, n_pos, device="cpu"):
         z = dict(dtype=torch.float64, device=device)
-        self.n, self.sx, self.sy = 0, torch.zeros(d_in, **z), torch.zeros(d_out, **z)
-        self.sxx, self.sxy = torch.zeros(d_in, d_in, **z), torch.zeros(d_in, d_out, **z)
-        self.W = self.b = None
+        self.n, self.sxx, self.sxy = 0, torch.zeros(d_in, d_in, **z), torch.zeros(d_in, d_out, **z)
+        self.cnt, self.sx_pos, self.sy_pos = (torch.zeros(n_pos, **z), torch.zeros(n_pos, d_in, **z),
+                                              torch.zeros(n_pos, d_out, **z))
+        self.W = self.c = self.m = None
 
-    def update(self, x, y):
-        """x (T, d_in), y (T, d_out)."""
-        x, y = x.to(self.sx.device, torch.float64), y.to(self.sx.device, torch.float64)
+    def update(self, x, y, pos):
+        """x (T, d_in), y (T, d_out), pos (T,) grid positions of the rows."""
+        x, y = x.to(self.sxx.device, torch.float64), y.to(self.sxx.device, torch.float64)
+        pos = pos.to(self.sxx.device)
         self.n += len(x)
-        self.sx += x.sum(0)
-        self.sy += y.sum(0)
         self.sxx += x.T @ x
         self.sxy += x.T @ y
+        self.cnt.index_add_(0, pos, torch.ones_like(pos, dtype=torch.float64))
+        self.sx_pos.index_add_(0, pos, x)
+        self.sy_pos.index_add_(0, pos, y)
 
     def solve(self, ridge=RIDGE):
         if self.n < 2:
             raise ValueError(f"linear probe: {self.n} training rows; need pairs with valid geometry")
-        mx, my = self.sx / self.n, self.sy / self.n
-        cov = self.sxx / self.n - torch.outer(mx, mx)  # centred: the intercept is not shrunk
-        cxy = self.sxy / self.n - torch.outer(mx, my)
+        mx_pos = self.sx_pos / self.cnt.clamp_min(1)[:, None]  # (n_pos, d_in) per-position means
+        self.m = self.sy_pos / self.cnt.clamp_min(1)[:, None]  # (n_pos, d_out): the position-only null
+        cov = (self.sxx - self.sx_pos.T @ mx_pos) / self.n  # covariance of the within-position deviations
+        cxy = (self.sxy - self.sx_pos.T @ self.m) / self.n
         # standardised features, so the ridge treats every channel alike whatever its scale (constant ones: 1)
         sd = cov.diagonal().clamp_min(0).sqrt()
         sd = torch.where(sd > 1e-12 * max(float(sd.max()), 1e-300), sd, torch.ones_like(sd))
         corr = cov / torch.outer(sd, sd)
         eye = torch.eye(len(cov), dtype=cov.dtype, device=cov.device)
         self.W = torch.linalg.solve(corr + ridge * eye, cxy / sd[:, None]) / sd[:, None]
-        self.b = my - mx @ self.W
+        self.c = self.m - mx_pos @ self.W  # (n_pos, d_out) intercepts
         return self
 
-    def predict(self, x):
-        return (x.to(self.W.device, torch.float64) @ self.W + self.b).float().cpu()
+    def predict(self, x, features=True):
+        """x (B, N, d_in), token n at grid position n -> (B, N, d_out); features=False: the null m[pos]."""
+        if not features:
+            return self.m[None, :x.shape[1]].expand(len(x), -1, -1).float().cpu()
+        return (x.to(self.W.device, torch.float64) @ self.W + self.c[None, :x.shape[1]]).float().cpu()
 
 
 class PointError:
@@ -231,29 +245,26 @@ def probe_sweep(model, train_ds, val_ds, layers, *, n_train, n_val, batch_size=8
     n_train, n_val). Costs one DUSt3R forward per train pair and one per val pair for all layers together."""
     patch, device = model.patch_size, torch.device(device)
     n_train, n_val = min(n_train, len(train_ds)), min(n_val, len(val_ds))
-    probes, pos_sum, pos_cnt = {}, [None, None], [None, None]
+    probes = {}
     for i, (view1, view2) in enumerate(_batches(train_ds, n_train, batch_size)):
         toks = pair_tokens(model, view1, view2, layers, device)
         Y, M = patch_targets(view1, view2, patch)
         for v in range(2):
             full = M[v].all(-1)  # (B, N): tokens whose whole patch is valid
-            if pos_sum[v] is None:
-                pos_sum[v], pos_cnt[v] = torch.zeros(Y[v].shape[1:], dtype=torch.float64), torch.zeros(Y[v].shape[1:])
-            if Y[v].shape[1:] != pos_sum[v].shape:
-                raise ValueError(f"train pairs have different patch grids ({tuple(Y[v].shape[1:])} vs "
-                                 f"{tuple(pos_sum[v].shape)}): run the probes at one resolution")
-            m = M[v].repeat_interleave(3, -1)  # (B, N, O): pixel mask per coordinate
-            pos_sum[v] += (Y[v].double() * m).sum(0)
-            pos_cnt[v] += m.sum(0)
+            B, N = full.shape
+            pos = torch.arange(N).expand(B, N)[full]
             for layer in layers:
                 x = toks[layer][v]  # (B, N, C)
                 if (layer, v) not in probes:
-                    probes[(layer, v)] = LinearProbe(x.shape[-1], Y[v].shape[-1], device)
-                probes[(layer, v)].update(x[full], Y[v][full])
+                    probes[(layer, v)] = LinearProbe(x.shape[-1], Y[v].shape[-1], N, device)
+                if probes[(layer, v)].cnt.shape[0] != N:
+                    raise ValueError(f"train pairs have different patch grids ({N} vs {probes[(layer, v)].cnt.shape[0]} "
+                                     "tokens): run the probes at one resolution")
+                probes[(layer, v)].update(x[full], Y[v][full], pos)
         log(f"probe fit: {min((i + 1) * batch_size, n_train)}/{n_train} train pairs")
     for pr in probes.values():
         pr.solve(ridge)
-    position = [(s / c.clamp_min(1)).float() for s, c in zip(pos_sum, pos_cnt)]  # (N, O) per view
+    position = [probes[(layers[0], v)] for v in range(2)]  # every layer's probe has the same position means
 
     rng = torch.Generator().manual_seed(seed)
     match = {layer: MatchScore() for layer in layers}
@@ -268,9 +279,9 @@ def probe_sweep(model, train_ds, val_ds, layers, *, n_train, n_val, batch_size=8
         gts = [np.asarray(patch_correspondences({k: v[b] for k, v in view1.items()},
                                                 {k: v[b] for k, v in view2.items()}, patch=patch)) for b in range(B)]
         w2 = [int(g[1]) for g in grids[1]]
-        if position[0].shape != Y[0].shape[1:] or position[1].shape != Y[1].shape[1:]:
+        if any(len(position[v].m) != Y[v].shape[1] for v in range(2)):
             raise ValueError("val pairs have another patch grid than the train pairs: run the probes at one resolution")
-        pos_err.update([position[0].expand_as(Y[0]), position[1].expand_as(Y[1])], Y, M, patch, grids)
+        pos_err.update([position[v].predict(Y[v], features=False) for v in range(2)], Y, M, patch, grids)
         for b in range(B):
             N1, N2 = len(gts[b]), int(grids[1][b].prod())
             identity.update(np.where(np.arange(N1) < N2, np.arange(N1), -1), gts[b], w2[b])
@@ -287,7 +298,7 @@ def probe_sweep(model, train_ds, val_ds, layers, *, n_train, n_val, batch_size=8
     rows = []
     for layer in layers:
         e = err[layer].result()
-        rows.append(dict(layer=layer, sources=list(layer_sources(layer)), dim=int(probes[(layer, 0)].sx.shape[0]),
+        rows.append(dict(layer=layer, sources=list(layer_sources(layer)), dim=int(probes[(layer, 0)].sxx.shape[0]),
                          correspondence=match[layer].result(), correspondence_shuffled=null[layer].result(),
                          probe_err_view1=e[0], probe_err_view2=e[1],
                          n_fit_tokens=[probes[(layer, v)].n for v in range(2)], n_val_pixels=err[layer].count))
@@ -326,3 +337,44 @@ def probe_figure(res, path, title=""):
     fig.subplots_adjust(left=0.05, right=0.99, bottom=0.32, top=0.88, wspace=0.15)
     fig.savefig(path)
     plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------ summary
+
+def probe_summary(res, meta):
+    """summary.md of a probe sweep: settings, the nulls and controls, then one table row per layer."""
+    base, rows = res["baselines"], res["rows"]
+    ident, pos = base["identity"], base["position_err"]
+    n_gt = rows[0]["correspondence"]["n_gt_matches"] if rows else 0
+    best_c = max(rows, key=lambda r: r["correspondence"]["recall_within_1"])
+    best_p = min(rows, key=lambda r: r["probe_err_view1"] + r["probe_err_view2"])
+    lines = [
+        f"# Layer probes of `{meta['checkpoint']}`", "",
+        f"- Data: `{meta['dataset']}` at {meta['resolution']}; linear probes fitted on {res['n_train']} train pairs "
+        f"(ridge {res['ridge']:g} on standardised features), everything else measured on {res['n_val']} val pairs "
+        f"({n_gt} view-1 patches with a ground-truth match, {rows[0]['n_val_pixels'][0] if rows else 0} valid "
+        "pixels in view 1).",
+        "- Correspondence: mutual nearest neighbours of view-1 / view-2 tokens by cosine; precision = correct / "
+        "matches made at patches that have a ground-truth match, recall = correct / ground-truth matches; exact "
+        "patch, or within one patch (Chebyshev).",
+        f"- Null (view 2's tokens shuffled): precision within one patch "
+        f"{np.mean([r['correspondence_shuffled']['precision_within_1'] for r in rows]):.3f} on average over layers. "
+        f"Control (same grid position, p -> p): exact {ident['precision_exact']:.3f}, within one patch "
+        f"{ident['precision_within_1']:.3f}: that is what a feature that only knows where it sits gets on these "
+        "pairs.",
+        "- Pointmap probe: DUSt3R's normalised 3D error (Regr3D, avg_dis; view 2 in view 1's frame), mean Euclidean "
+        f"distance over valid pixels. Null (position only: the train mean at each pixel): view 1 {pos[0]:.4f}, "
+        f"view 2 {pos[1]:.4f}.",
+        f"- Best correspondence recall (within one patch): `{best_c['layer']}` "
+        f"{best_c['correspondence']['recall_within_1']:.3f}; lowest probe error (sum of views): `{best_p['layer']}` "
+        f"{best_p['probe_err_view1']:.4f} / {best_p['probe_err_view2']:.4f}.", "",
+        "| layer | dim | P exact | R exact | P within 1 | R within 1 | P within 1, shuffled | matches made | "
+        "3D err view 1 | 3D err view 2 |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        c, s = r["correspondence"], r["correspondence_shuffled"]
+        lines.append(f"| `{r['layer']}` | {r['dim']} | {c['precision_exact']:.3f} | {c['recall_exact']:.3f} | "
+                     f"{c['precision_within_1']:.3f} | {c['recall_within_1']:.3f} | {s['precision_within_1']:.3f} | "
+                     f"{c['n_predicted']} | {r['probe_err_view1']:.4f} | {r['probe_err_view2']:.4f} |")
+    lines += ["", "Files: `probes.json` (every number), `probes.png` (both curves in forward order). How to read "
+              "them: README.md, section Where 3D emerges: a layer sweep."]
+    return "\n".join(lines) + "\n"

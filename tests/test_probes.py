@@ -88,11 +88,17 @@ def test_mutual_nn_and_linear_probe():
     assert (probes.mutual_nn(f, f[perm]) == torch.argsort(perm)).all()
     x = torch.randn(500, 6, dtype=torch.float64)
     W, b = torch.randn(6, 4, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
-    pr = probes.LinearProbe(6, 4)
-    pr.update(x[:250], x[:250] @ W + b)
-    pr.update(x[250:], x[250:] @ W + b)
+    offset = torch.randn(5, 4, dtype=torch.float64)  # a target part that depends on the grid position only
+    pos = torch.arange(500) % 5
+    y = x @ W + b + offset[pos]
+    pr = probes.LinearProbe(6, 4, n_pos=5)
+    pr.update(x[:250], y[:250], pos[:250])
+    pr.update(x[250:], y[250:], pos[250:])
     pr.solve(ridge=0.0)
-    assert torch.allclose(pr.predict(x).double(), x @ W + b, atol=1e-4)
+    grid = x.reshape(100, 5, 6)  # token n of each item sits at position n
+    assert torch.allclose(pr.predict(grid).double(), y.reshape(100, 5, 4), atol=1e-4)
+    assert torch.allclose(pr.m, offset + b + (x @ W).reshape(100, 5, 4).mean(0), atol=1e-9)  # the null
+    assert torch.allclose(pr.W, W, atol=1e-9) and torch.allclose(pr.c, offset + b, atol=1e-9)
 
 
 def test_layers_parse_and_order():
@@ -119,3 +125,9 @@ def test_sweep_on_random_tiny(tmp_path):
         assert r["n_fit_tokens"] == [9 * 36, 9 * 36] and r["n_val_pixels"] == [3 * RES * RES] * 2
     probes.probe_figure(res, tmp_path / "probes.png", "random-tiny")
     assert (tmp_path / "probes.png").stat().st_size > 10_000
+
+
+def test_summary_names_nulls_and_every_layer(planted_result):
+    md = probes.probe_summary(planted_result, dict(checkpoint="planted", dataset="builtin", resolution=RES))
+    assert "`exact`" in md and "`noise`" in md and "shuffled" in md and "position only" in md
+    assert md.count("\n| `") == 2
