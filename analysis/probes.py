@@ -205,21 +205,14 @@ class PointError:
     def __init__(self):
         self.sum, self.count = [0.0, 0.0], [0, 0]
 
-    def update(self, pred, gt, valid, patch, grids):
-        """pred, gt: [(B, N1, O), (B, N2, O)] token rows (gt already normalised); valid [(B, N, p*p)];
-        grids: [(B, 2), (B, 2)] patch grids. The prediction is normalised here, like Regr3D's."""
-        maps = [[rearrange(r[b], "(h w) (p1 p2 c) -> (h p1) (w p2) c", h=int(g[b][0]), p1=patch, p2=patch)
-                 for b in range(len(r))] for r, g in zip(pred, grids)]
-        masks = [[rearrange(m[b], "(h w) (p1 p2) -> (h p1) (w p2)", h=int(g[b][0]), p1=patch)
-                  for b in range(len(m))] for m, g in zip(valid, grids)]
-        for b in range(len(pred[0])):  # one pair at a time: the two views may differ in shape
-            p = normalize_avg_dis([maps[0][b][None], maps[1][b][None]], [masks[0][b][None], masks[1][b][None]])
-            for v in range(2):
-                g = rearrange(gt[v][b], "(h w) (p1 p2 c) -> (h p1) (w p2) c", h=int(grids[v][b][0]), p1=patch,
-                              p2=patch)
-                err = (p[v][0].double() - g.double()).norm(dim=-1)  # (H, W) L2 distance per pixel
-                self.sum[v] += float(err[masks[v][b]].sum())
-                self.count[v] += int(masks[v][b].sum())
+    def update(self, pred, gt, valid):
+        """pred, gt: [(B, N1, O), (B, N2, O)] token rows (gt already normalised); valid [(B, N, p*p)]. The
+        prediction is normalised here, like Regr3D's; token layout (B, N, p*p, 3) has the rank of an image's."""
+        pts = normalize_avg_dis([p.double().reshape(*p.shape[:2], -1, 3) for p in pred], valid)
+        for v in range(2):
+            err = (pts[v] - gt[v].double().reshape(pts[v].shape)).norm(dim=-1)  # (B, N, p*p) per-pixel distance
+            self.sum[v] += float(err[valid[v]].sum())
+            self.count[v] += int(valid[v].sum())
 
     def result(self):
         return [s / max(c, 1) for s, c in zip(self.sum, self.count)]
@@ -281,13 +274,13 @@ def probe_sweep(model, train_ds, val_ds, layers, *, n_train, n_val, batch_size=8
         w2 = [int(g[1]) for g in grids[1]]
         if any(len(position[v].m) != Y[v].shape[1] for v in range(2)):
             raise ValueError("val pairs have another patch grid than the train pairs: run the probes at one resolution")
-        pos_err.update([position[v].predict(Y[v], features=False) for v in range(2)], Y, M, patch, grids)
+        pos_err.update([position[v].predict(Y[v], features=False) for v in range(2)], Y, M)
         for b in range(B):
             N1, N2 = len(gts[b]), int(grids[1][b].prod())
             identity.update(np.where(np.arange(N1) < N2, np.arange(N1), -1), gts[b], w2[b])
         for layer in layers:
             t1, t2 = toks[layer]
-            err[layer].update([probes[(layer, 0)].predict(t1), probes[(layer, 1)].predict(t2)], Y, M, patch, grids)
+            err[layer].update([probes[(layer, 0)].predict(t1), probes[(layer, 1)].predict(t2)], Y, M)
             for b in range(B):
                 match[layer].update(mutual_nn(t1[b], t2[b]).numpy(), gts[b], w2[b])
                 perm = torch.randperm(t2.shape[1], generator=rng)  # shuffled null: view-2 tokens in random places
@@ -334,7 +327,7 @@ def probe_figure(res, path, title=""):
         a.legend(fontsize=6)
         a.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
-    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.32, top=0.88, wspace=0.15)
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.27, top=0.88, wspace=0.15)
     fig.savefig(path)
     plt.close(fig)
 
