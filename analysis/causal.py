@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from data import collate_pairs
-from workbench import figures
-from workbench.activations import autocast, views_to
-from workbench.ply import real_orientation
+from analysis import figures
+from training.hooks import autocast, views_to
+from analysis.ply import real_orientation
 
 
 def _edit(sae, ks, dirs, scale):

@@ -35,8 +35,8 @@ import torch  # noqa: E402
 from einops import rearrange  # noqa: E402
 
 from data import collate_pairs, patch_correspondences  # noqa: E402
-from workbench.activations import autocast, views_to  # noqa: E402
-from workbench.evaluate import ground_truth, normalize_avg_dis  # noqa: E402
+from training.hooks import autocast, view_sources, views_to  # noqa: E402
+from training.evaluate import ground_truth, normalize_avg_dis  # noqa: E402
 
 RIDGE = 1e-3  # ridge strength on standardised features (relative to the correlation matrix's mean eigenvalue, 1)
 
@@ -44,12 +44,8 @@ RIDGE = 1e-3  # ridge strength on standardised features (relative to the correla
 # ------------------------------------------------------------------------------------------------ layers
 
 def layer_sources(layer):
-    """Layer name -> (hook point of view 1's tokens, hook point of view 2's tokens)."""
-    for prefix in ("dec_blocks*.", "dec_blocks.", "dec_blocks2."):
-        if layer.startswith(prefix):
-            rest = layer[len(prefix):]
-            return f"dec_blocks.{rest}", f"dec_blocks2.{rest}"
-    return layer, layer
+    """Layer name -> (hook point of view 1's tokens, hook point of view 2's tokens): training/hooks.py's parser."""
+    return view_sources(layer)
 
 
 def default_layers(hook_points):
@@ -68,7 +64,14 @@ def parse_layers(spec, hook_points):
     layers = default_layers(hook_points) if spec == "all" else (
         [s.strip() for s in spec.split(",") if s.strip()] if isinstance(spec, str) else list(spec))
     order = {name: i for i, name in enumerate(hook_points)}
-    bad = [layer for layer in layers if any(s not in order for s in layer_sources(layer))]
+
+    def known(layer):
+        try:
+            return all(s in order for s in layer_sources(layer))
+        except ValueError:  # not a hook name at all
+            return False
+
+    bad = [layer for layer in layers if not known(layer)]
     if bad or not layers:
         raise ValueError(f"hooks={spec!r}: unknown layer(s) {bad}; valid hook points: {list(hook_points)} "
                          "(a decoder block's branches together: dec_blocks*.<i>)")

@@ -6,8 +6,8 @@ import torch
 from analysis import causal
 from data import collate_pairs, make_dataset
 from models.sae import SAE, SAEConfig
-from workbench import figures
-from workbench.activations import build_dust3r
+from analysis import figures
+from models.loading import load_dust3r
 
 RES = 96
 DEC, ENC = ("dec_blocks.1", "dec_blocks2.1"), ("enc_blocks.1", "enc_blocks.1")  # (view-1, view-2) hook points
@@ -34,7 +34,7 @@ def planted_sae(model, pairs, sources):
 
 @pytest.fixture(scope="module")
 def setup():
-    model = build_dust3r("random-tiny", "cpu")
+    model = load_dust3r("random-tiny", landscape_only=True)
     ds = make_dataset("builtin", resolution=RES, split="val", n_scenes=1)
     pairs = [ds[0], ds[1]]
     return model, {s[0]: planted_sae(model, pairs, s) for s in (DEC, ENC)}, pairs

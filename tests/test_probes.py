@@ -7,7 +7,7 @@ import torch
 from analysis import probes
 from data import make_dataset
 from models.dust3r import HookOutput
-from workbench.activations import build_dust3r
+from models.loading import load_dust3r
 
 RES = 96  # 6x6 patch grid: fast to render, enough tokens for the statistics
 P = 16
@@ -102,7 +102,7 @@ def test_mutual_nn_and_linear_probe():
 
 
 def test_layers_parse_and_order():
-    model = build_dust3r("random-tiny", "cpu")
+    model = load_dust3r("random-tiny", landscape_only=True)
     layers = probes.default_layers(model.hook_points)
     assert "dec_blocks*.1" in layers and not any(name.startswith("dec_blocks2") for name in layers)
     assert probes.layer_sources("dec_blocks*.1") == ("dec_blocks.1", "dec_blocks2.1")
@@ -114,7 +114,7 @@ def test_layers_parse_and_order():
 
 
 def test_sweep_on_random_tiny(tmp_path):
-    model = build_dust3r("random-tiny", "cpu")
+    model = load_dust3r("random-tiny", landscape_only=True)
     train = make_dataset("builtin", resolution=RES, split="train", n_scenes=1)
     val = make_dataset("builtin", resolution=RES, split="val", n_scenes=1)
     layers = probes.parse_layers("all", model.hook_points)
