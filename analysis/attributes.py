@@ -132,3 +132,37 @@ def latent_attributes(z, geom):
     info = dict(n_tokens=int(len(keep)), n_planar=int(g["planar"].sum()),
                 planar_base=float(g["planar"].mean()) if len(keep) else float("nan"))
     return out, info
+
+
+def pair_attributes(pa, geoms):
+    """Attributes of an analysis's codes: pa = PairActivations (analysis/multiview.py), geoms = per pair
+    [token_geometry(view 1), token_geometry(view 2)], in pa's pair order. -> latent_attributes' output."""
+    z = sp.vstack([pa.z1, pa.z2]).tocsr()  # view-1 tokens of all pairs, then view-2 tokens
+    return latent_attributes(z, stack_geometry([g[0] for g in geoms] + [g[1] for g in geoms]))
+
+
+def summary_lines(info, cols):
+    """summary.md section: the null (planar base rate), then the strongest latents of each attribute."""
+    if info is None:
+        return []
+    alive = np.isfinite(cols["corr_depth"])
+
+    def top(key, sign):
+        v = np.where(alive, sign * np.nan_to_num(cols[key], nan=-np.inf), -np.inf)
+        k = int(np.argmax(v))
+        return f"latent {k} ({cols[key][k]:+.3f})" if alive.any() else "none"
+
+    share = cols["planar_share"][alive]
+    return ["", "## 3D attributes (exact geometry)", "",
+            f"- Over {info['n_tokens']} tokens with valid depth (both views), Pearson r of each latent with log relative "
+            "depth, the surface normal's camera-frame components, and log(1 + distance to a depth edge); the share of "
+            "its activation mass on planar patches (definitions: analysis/attributes.py). Descriptive: tokens of an "
+            "image are correlated, so no p-values.",
+            f"- Null for the planar share: {100 * info['planar_base']:.1f} % of tokens are planar; alive latents' "
+            f"median planar share {100 * np.median(share):.1f} %" + (f", {int((share > 0.9).sum())} above 90 %, "
+                                                                   f"{int((share < 0.1).sum())} below 10 %."
+                                                                   if alive.any() else "."),
+            f"- Nearest-firing: {top('corr_depth', -1)}; farthest: {top('corr_depth', 1)}; closest to depth edges: "
+            f"{top('corr_edge', -1)}; most upward-facing surfaces (floors): {top('corr_normal_y', -1)}; "
+            f"|r| >= 0.3 with depth: {int((np.abs(cols['corr_depth'][alive]) >= 0.3).sum())} of {int(alive.sum())} "
+            "latents that vary on these tokens."]

@@ -118,3 +118,32 @@ def effect_heatmap(rgb1, rgb2, eff, title=""):
     h = max(p.shape[0] for p in panels)
     body = figures._hcat(panels[:2] + [figures._colorbar(h, amax)] + panels[2:] + [figures._colorbar(h, dmax, "viridis")])
     return figures._vcat([figures._caption(body.shape[1], title), body])
+
+
+def card_numbers(e):
+    """The numbers of one effect, flat, for a card and the JSON (no maps)."""
+    return {"causal_mean_disp": e["mean_disp"], "causal_mean_disp_firing": e["mean_disp_firing"],
+            "causal_mean_disp_silent": e["mean_disp_silent"], "causal_dconf_view1": e["dconf"][0],
+            "causal_dconf_view2": e["dconf"][1], "causal_control_mean_disp": e["control_mean_disp"],
+            "causal_control_dconf_view1": e["control_dconf"][0], "causal_control_dconf_view2": e["control_dconf"][1]}
+
+
+def summary_lines(rows, scale):
+    """summary.md section over the pictured latents, each against its random-direction control."""
+    if not rows:
+        return []
+    d = np.array([r["causal_mean_disp"] for r in rows])
+    c = np.array([r["causal_control_mean_disp"] for r in rows])
+    on, off = (np.array([r[f"causal_mean_disp_{k}"] for r in rows]) for k in ("firing", "silent"))
+    local = np.isfinite(on) & np.isfinite(off)
+    dc = np.array([(r["causal_dconf_view1"] + r["causal_dconf_view2"]) / 2 for r in rows])
+    return ["", "## Causal effect on the 3D output (pictured latents)", "",
+            f"- {len(rows)} pictured latents, each scaled to {scale:g} x its activation on its top pair (SAE error term "
+            "kept: the rest of the tokens unchanged); change of both pointmaps against the clean run, in units of the "
+            "clean pair's mean distance to the origin (definitions: analysis/causal.py).",
+            f"- Median mean |3D change| {np.median(d):.4g}; control (same-size edit along a random direction): "
+            f"{np.median(c):.4g}; {int((d > c).sum())} of {len(rows)} latents move the points more than their control.",
+            f"- Where the latent fires vs where it does not (median over the {int(local.sum())} latents with both): "
+            f"{np.median(on[local]) if local.any() else float('nan'):.4g} vs "
+            f"{np.median(off[local]) if local.any() else float('nan'):.4g}; median change of confidence "
+            f"{np.median(dc):+.4g}."]

@@ -62,6 +62,7 @@ def test_train_then_analyze(tmp_path):
             ply_path = run / "latents" / k / "pointcloud.ply"
             plys += [ply_path] if ply_path.exists() else []
             assert ply_path.exists() == (run / "latents" / k / "pointcloud.png").exists()  # PLY and its preview
+            assert Image.open(run / "latents" / k / "causal.png").size[1] == RES + 2 * figures.CAPTION_H
         assert len(plys) == 1
         assert Image.open(plys[0].with_suffix(".png")).size == size
         xyz, rgb = read_ply(plys[0])
@@ -69,7 +70,8 @@ def test_train_then_analyze(tmp_path):
         assert f"element vertex {len(xyz)}" in plys[0].read_bytes()[:300].decode("ascii", "replace")
 
         metrics = json.loads((run / "latent_metrics.json").read_text())
-        assert len(metrics["jaccard"]) == len(metrics["va"]) == n_latents
+        assert len(metrics["jaccard"]) == len(metrics["va"]) == len(metrics["corr_depth"]) == n_latents
+        assert "## 3D attributes" in (run / "summary.md").read_text() and "## Causal effect" in (run / "summary.md").read_text()
         summary = json.loads((run / "analysis.json").read_text())
         assert summary["summary"]["n_pairs"] == 8 and summary["summary"]["n_latents"] == n_latents
         assert "8 held-out pairs" in (run / "summary.md").read_text()

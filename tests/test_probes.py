@@ -131,3 +131,25 @@ def test_summary_names_nulls_and_every_layer(planted_result):
     md = probes.probe_summary(planted_result, dict(checkpoint="planted", dataset="builtin", resolution=RES))
     assert "`exact`" in md and "`noise`" in md and "shuffled" in md and "position only" in md
     assert md.count("\n| `") == 2
+
+
+def test_probe_mode_of_analyze_results(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from PIL import Image
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "analyze_results.py", "--mode=probe", "--checkpoint=random-tiny", f"--resolution={RES}",
+           "--hooks=dec_blocks*.1,enc_blocks.0", "--n_pairs=3", "--probe_train_pairs=6", "--batch_size=3",
+           "--device=cpu", f"--probe_dir={tmp_path}"]
+    out = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads((tmp_path / "probes.json").read_text())
+    assert [r["layer"] for r in res["rows"]] == ["enc_blocks.0", "dec_blocks*.1"]  # forward order
+    assert res["n_train"] == 6 and res["n_val"] == 3 and res["config"]["hooks"] == "dec_blocks*.1,enc_blocks.0"
+    assert Image.open(tmp_path / "probes.png").size == (1200, 450)
+    assert "| `dec_blocks*.1` |" in (tmp_path / "summary.md").read_text()
+    bad = subprocess.run(cmd[:4] + ["--hooks=enc_blocks.7", "--device=cpu", f"--probe_dir={tmp_path}"], cwd=root,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "enc_blocks.7" in bad.stderr
