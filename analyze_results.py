@@ -384,12 +384,16 @@ def analyse_run(run_dir, settings, *, rng):
     m = measure(pa, sets, primary=primary, sae=sae, settings=settings)
     table, full = latent_columns(m, primary=primary, controls=settings.controls)
     info, summ = run_info(pa, data, sets, m, primary=primary, sae=sae, settings=settings), m.summary
+    attr = None
     if settings.attributes3d and all(g is not None for g in data["geom"]):
-        attr, info["attributes"] = attributes.pair_attributes(pa["ab"], data["geom"])
+        attr, null, info["attributes"] = attributes.pair_attributes(pa["ab"], data["geom"])
         table.update(attr)
-        full.update(attr)
+        full.update(attr, **null)
 
     figs = write_figures(run_dir, f"{run} ({hook})", cons=m.cons, asym=m.asym, stats=m.stats)
+    if attr is not None:
+        figs.append(("3D attributes of the latents against their null", os.path.join(run_dir, "figures", "attributes.png")))
+        attributes.attributes_figure(attr, null, info["attributes"], figs[-1][1], f"{run} ({hook})")
     cards = write_cards(run_dir, pa["ab"], data=data, corrs=sets[primary], table=table, full=full, settings=settings,
                         rng=rng)
     if settings.causal3d and cards:

@@ -136,9 +136,23 @@ def latent_attributes(z, geom):
 
 def pair_attributes(pa, geoms):
     """Attributes of an analysis's codes: pa = PairActivations (analysis/multiview.py), geoms = per pair
-    [token_geometry(view 1), token_geometry(view 2)], in pa's pair order. -> latent_attributes' output."""
+    [token_geometry(view 1), token_geometry(view 2)], in pa's pair order. Null: the same columns with every
+    pair's codes set against the NEXT pair's geometry (same grid), which keeps the spatial structure of both
+    maps and breaks only their link. -> (columns, null columns (or {} when pairs differ in grid), info)."""
     z = sp.vstack([pa.z1, pa.z2]).tocsr()  # view-1 tokens of all pairs, then view-2 tokens
-    return latent_attributes(z, stack_geometry([g[0] for g in geoms] + [g[1] for g in geoms]))
+
+    def stacked(gs):
+        return stack_geometry([g[0] for g in gs] + [g[1] for g in gs])
+
+    cols, info = latent_attributes(z, stacked(geoms))
+    same_grid = len({(len(g[0]["valid"]), len(g[1]["valid"])) for g in geoms}) == 1
+    if len(geoms) < 2 or not same_grid:
+        return cols, {}, info
+    null, _ = latent_attributes(z, stacked(geoms[1:] + geoms[:1]))
+    alive = np.isfinite(cols["corr_depth"])
+    info["null_abs_r_q95"] = {k: float(np.nanquantile(np.abs(null[k][alive]), 0.95)) if alive.any() else float("nan")
+                              for k in COLUMNS if k.startswith("corr_")}
+    return cols, {f"{k}_null": v for k, v in null.items()}, info
 
 
 def summary_lines(info, cols):
@@ -153,11 +167,17 @@ def summary_lines(info, cols):
         return f"latent {k} ({cols[key][k]:+.3f})" if alive.any() else "none"
 
     share = cols["planar_share"][alive]
+    q95 = info.get("null_abs_r_q95")
+    null = ([f"- Null (each pair's codes against the next pair's geometry: it keeps the images' layout, so what the "
+             "position in the image explains, e.g. near floors at the bottom, shows up in it too), 95th percentile of |r| "
+             "over latents: "
+             + ", ".join(f"{k[5:]} {v:.3f}" for k, v in q95.items()) + "; latents above it (the null gives ~5 %): "
+             + ", ".join(f"{k[5:]} {int((np.abs(cols[k][alive]) > v).sum())}" for k, v in q95.items()) + "."]
+            if q95 else ["- No null: the pairs differ in grid size."])
     return ["", "## 3D attributes (exact geometry)", "",
             f"- Over {info['n_tokens']} tokens with valid depth (both views), Pearson r of each latent with log relative "
             "depth, the surface normal's camera-frame components, and log(1 + distance to a depth edge); the share of "
-            "its activation mass on planar patches (definitions: analysis/attributes.py). Descriptive: tokens of an "
-            "image are correlated, so no p-values.",
+            "its activation mass on planar patches (definitions: analysis/attributes.py).", *null,
             f"- Null for the planar share: {100 * info['planar_base']:.1f} % of tokens are planar; alive latents' "
             f"median planar share {100 * np.median(share):.1f} %" + (f", {int((share > 0.9).sum())} above 90 %, "
                                                                    f"{int((share < 0.1).sum())} below 10 %."
@@ -166,3 +186,28 @@ def summary_lines(info, cols):
             f"{top('corr_edge', -1)}; most upward-facing surfaces (floors): {top('corr_normal_y', -1)}; "
             f"|r| >= 0.3 with depth: {int((np.abs(cols['corr_depth'][alive]) >= 0.3).sum())} of {int(alive.sum())} "
             "latents that vary on these tokens."]
+
+
+def attributes_figure(cols, null, info, path, title=""):
+    """figures/attributes.png: per-latent r with depth and with edge distance, and the planar share, each as a
+    histogram over latents against its null (codes against another pair's geometry)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    alive = np.isfinite(cols["corr_depth"])
+    fig, ax = plt.subplots(1, 3, figsize=(10.0, 4.0), dpi=100)
+    for a, key, lab, bins in ((ax[0], "corr_depth", "r with log relative depth (< 0: near)", np.linspace(-1, 1, 41)),
+                              (ax[1], "corr_edge", "r with log(1 + distance to a depth edge)", np.linspace(-1, 1, 41)),
+                              (ax[2], "planar_share", "share of activation mass on planar patches",
+                               np.linspace(0, 1, 21))):
+        a.hist(cols[key][alive], bins=bins, alpha=0.7, label="latents")
+        if null:
+            a.hist(null[f"{key}_null"][alive], bins=bins, histtype="step", color="k", label="null: other pair's geometry")
+        if key == "planar_share":
+            a.axvline(info["planar_base"], color="C3", ls="--", label="share of planar tokens")
+        a.set_title(lab, fontsize=9)
+        a.legend(fontsize=7)
+    fig.suptitle(f"{title} ({int(alive.sum())} latents, {info['n_tokens']} tokens)", fontsize=10)
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.1, top=0.85, wspace=0.2)
+    fig.savefig(path)
+    plt.close(fig)

@@ -65,3 +65,24 @@ def test_planted_latents(scenes_geometry):
         assert np.allclose(cols[k], dense[k], equal_nan=True)
     with pytest.raises(ValueError, match="tokens"):
         at.latent_attributes(z[:-1], g)
+
+
+def test_pair_attributes_null_and_figure(scenes_geometry, tmp_path):
+    """Codes that copy a pair's own geometry beat the null built from the next pair's geometry."""
+    from types import SimpleNamespace
+    g = scenes_geometry
+    n = 36  # tokens per view at 96 px
+    geoms = [[{k: v[i * 2 * n + j * n:i * 2 * n + (j + 1) * n] for k, v in g.items()} for j in range(2)]
+             for i in range(len(g["valid"]) // (2 * n))]
+    z = [sp.csr_matrix(np.stack([np.clip(-gv["log_rel_depth"], 0, None), gv["planar"]], 1)) for gv in
+         (at.stack_geometry([p[0] for p in geoms]), at.stack_geometry([p[1] for p in geoms]))]
+    cols, null, info = at.pair_attributes(SimpleNamespace(z1=z[0], z2=z[1]), geoms)
+    # the null keeps each image's layout (floor near and low, walls far and high), so it is far from 0 here: the
+    # part of the correlation that the position in the image explains
+    assert cols["corr_depth"][0] < -0.5 and abs(null["corr_depth_null"][0]) < abs(cols["corr_depth"][0]) - 0.15
+    assert cols["planar_share"][1] == 1.0 and null["planar_share_null"][1] < 0.9
+    assert set(info["null_abs_r_q95"]) == {k for k in at.COLUMNS if k.startswith("corr_")}
+    lines = at.summary_lines(info, cols)
+    assert any("Null (each pair's codes" in line for line in lines)
+    at.attributes_figure(cols, null, info, tmp_path / "a.png", "planted")
+    assert (tmp_path / "a.png").stat().st_size > 5000
