@@ -133,6 +133,7 @@ def test_summary_names_nulls_and_every_layer(planted_result):
     assert md.count("\n| `") == 2
 
 
+@pytest.mark.slow  # an end-to-end run of the script
 def test_probe_mode_of_analyze_results(tmp_path):
     import json
     import os
