@@ -196,8 +196,14 @@ def attributes_figure(cols, null, info, path, title=""):
     import matplotlib.pyplot as plt
     alive = np.isfinite(cols["corr_depth"])
     fig, ax = plt.subplots(1, 3, figsize=(10.0, 4.0), dpi=100)
-    for a, key, lab, bins in ((ax[0], "corr_depth", "r with log relative depth (< 0: near)", np.linspace(-1, 1, 41)),
-                              (ax[1], "corr_edge", "r with log(1 + distance to a depth edge)", np.linspace(-1, 1, 41)),
+
+    def rbins(key):  # symmetric range around what the latents and their null reach (random models: |r| small)
+        vals = [np.abs(cols[key][alive])] + ([np.abs(null[f"{key}_null"][alive])] if null else [])
+        lim = min(1.0, max(0.1, 1.1 * float(np.nanmax(np.concatenate(vals))) if alive.any() else 1.0))
+        return np.linspace(-lim, lim, 41)
+
+    for a, key, lab, bins in ((ax[0], "corr_depth", "r with log relative depth (< 0: near)", rbins("corr_depth")),
+                              (ax[1], "corr_edge", "r with log(1 + distance to a depth edge)", rbins("corr_edge")),
                               (ax[2], "planar_share", "share of activation mass on planar patches",
                                np.linspace(0, 1, 21))):
         a.hist(cols[key][alive], bins=bins, alpha=0.7, label="latents")

@@ -106,9 +106,10 @@ def causal_effects(model, sae, sources, pairs, latents, *, scale=0.0, batch_size
 
 def effect_heatmap(rgb1, rgb2, eff, title=""):
     """Picture of one latent's effect: where it fires (both views, its own colour scale), then the per-pixel 3D
-    displacement of both pointmaps when it is edited (one scale: the larger view's maximum)."""
+    displacement of both pointmaps when it is edited (one scale for both: the 99th percentile of the change, so
+    that a few outlying pixels do not darken the rest)."""
     amax = max(float(a.max()) for a in eff["act"]) or 1.0
-    dmax = max(float(d.max()) for d in eff["disp"]) or 1e-12
+    dmax = float(np.percentile(np.concatenate([d.ravel() for d in eff["disp"]]), 99)) or 1e-12
     fire = [figures.overlay(rgb, a, amax) for rgb, a in zip((rgb1, rgb2), eff["act"])]
     disp = [figures.overlay((0.4 * rgb).astype(np.uint8), d, dmax, cmap="viridis")  # dimmed photo under the change
             for rgb, d in zip((rgb1, rgb2), eff["disp"])]
