@@ -7,12 +7,18 @@ dataset as (A, B), and as (B, A) and (A, A) controls, and writes into the run fo
   latent_metrics.json  per-latent columns: frequency, consistency and its nulls, q, asymmetry, controls
   summary.md           the findings in words, with their numbers and sample sizes
   index.html           offline latent browser (open the file; no server, nothing fetched)
-  figures/             histograms.png, consistency_<gt|pred>.png
-  latents/<k>/         heatmap.png, examples.png (+ pointcloud.ply and its preview pointcloud.png)
+  figures/             histograms.png, consistency_<gt|pred>.png, attributes.png (3D attributes vs their null)
+  latents/<k>/         heatmap.png, examples.png, causal.png (+ pointcloud.ply and its preview pointcloud.png)
 Given several runs, it also writes a layer comparison to `compare_dir` (layers.png/.md/.json).
-Metrics and controls: analysis/multiview.py; how to read everything: README.md, section Analysing a trained SAE.
+Metrics and controls: analysis/multiview.py, 3D attributes: analysis/attributes.py, causal effects:
+analysis/causal.py; how to read everything: README.md, sections Analysing a trained SAE and Where 3D emerges.
 
     python analyze_results.py results/<run> [results/<run2> ...] [--n_pairs=128] [overrides.yaml]
+
+--mode=probe needs no SAE: correspondence and linear pointmap probes at every hook point of a checkpoint
+(analysis/probes.py), written to probe_dir as probes.png, probes.json, summary.md:
+
+    python analyze_results.py --mode=probe --checkpoint=random-tiny [--hooks=enc_norm,dec_blocks*.1]
 
 Runtime: a tiny random-weight test run, about 5 s on CPU; ViT-L at 224 with 128 pairs, a few minutes
 on one GPU (three DUSt3R passes per pair; the metrics are sparse column sums and take seconds).

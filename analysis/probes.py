@@ -49,10 +49,11 @@ def layer_sources(layer):
 
 
 def default_layers(hook_points):
-    """Every hook point of the model in forward order, a decoder block's two branches as one layer."""
-    out = []
+    """Every hook point of the model in forward order, a decoder block's two branches as one layer; '<block>.mlp'
+    (the residual after the MLP add) is the block's output itself and is listed once, as '<block>'."""
+    out, points = [], set(hook_points)
     for name in hook_points:
-        if name.startswith("dec_blocks2."):
+        if name.startswith("dec_blocks2.") or (name.endswith(".mlp") and name[:-len(".mlp")] in points):
             continue
         out.append("dec_blocks*." + name[len("dec_blocks."):] if name.startswith("dec_blocks.") else name)
     return out

@@ -105,6 +105,8 @@ def test_layers_parse_and_order():
     model = load_dust3r("random-tiny", landscape_only=True)
     layers = probes.default_layers(model.hook_points)
     assert "dec_blocks*.1" in layers and not any(name.startswith("dec_blocks2") for name in layers)
+    sub = ["enc_blocks.0.attn", "enc_blocks.0.mlp", "enc_blocks.0", "dec_blocks.0.cross_attn", "dec_blocks2.0.cross_attn"]
+    assert probes.default_layers(sub) == ["enc_blocks.0.attn", "enc_blocks.0", "dec_blocks*.0.cross_attn"]
     assert probes.layer_sources("dec_blocks*.1") == ("dec_blocks.1", "dec_blocks2.1")
     assert probes.layer_sources("dec_blocks2.0") == ("dec_blocks.0", "dec_blocks2.0")
     assert probes.parse_layers("dec_blocks.1, enc_blocks.0,enc_norm", model.hook_points) == [
