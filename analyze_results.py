@@ -60,8 +60,8 @@ embed_images = False          # True: base64 images inside index.html (one porta
 compare_dir = "results/layer_comparison"  # where the comparison of several runs is written
 device = "auto"               # 'auto' (cuda if available) | 'cpu' | 'cuda'
 seed = 0                      # nulls, bootstrap and the random share of the visualised latents
-attributes3d = True           # per-latent 3D attributes (depth, normals, depth edges, planes) where the data has geometry
-causal3d = True               # per pictured latent: edit it in DUSt3R, measure both pointmaps' change (3 runs per batch)
+attributes3d = True           # per-latent 3D attributes (depth, normals, depth edges, planes) where data has geometry
+causal3d = True               # per pictured latent: edit it in DUSt3R, measure both pointmaps' change (3 runs/batch)
 causal_scale = 0.0            # the edited latent's new size: 0 removes it, 2 doubles it (1 would change nothing)
 mode = "latents"              # 'latents': analyse SAE run folders | 'probe': layer sweep of a checkpoint, no SAE
 # probe mode only (python analyze_results.py --mode=probe ...); n_pairs val pairs are scored
@@ -339,7 +339,7 @@ def causal_cards(cards, run_dir, pa, *, model, sae, ds, data, sources, settings,
     rows = []
     for k, n, e in zip(ks, tops, effects):
         path = os.path.join(run_dir, "latents", str(k), "causal.png")
-        figures.save_png(causal.effect_heatmap(*data["rgb"][n], e, title=f"latent {k} x {settings.causal_scale:g} "
+        figures.save_png(figures.effect_heatmap(*data["rgb"][n], e, title=f"latent {k} x {settings.causal_scale:g} "
                                                f"on pair {n}: mean |3D change| {e['mean_disp']:.3g} (random direction "
                                                f"{e['control_mean_disp']:.3g})"), path)
         cards[k]["images"].append((f"causal: latent scaled to {settings.causal_scale:g} on its top pair", path))
@@ -355,14 +355,14 @@ def probe_mode(settings):
     model = load_dust3r(settings.checkpoint, device, landscape_only=True, seed=settings.seed)
     layers = probes.parse_layers(settings.hooks, model.hook_points)
     data = dict(root=settings.data_root or None, resolution=settings.resolution)
-    train, val = make_dataset(settings.dataset, split="train", **data), make_dataset(settings.dataset, split="val", **data)
+    train, val = (make_dataset(settings.dataset, split=split, **data) for split in ("train", "val"))
     name = os.path.basename(os.path.normpath(settings.checkpoint)).replace(".pth", "")
     out = settings.probe_dir or os.path.join("results", f"probe-{name}-{settings.dataset}-{settings.resolution}")
     os.makedirs(out, exist_ok=True)
     print(f"== probes of {settings.checkpoint} on {settings.dataset}: {len(layers)} layers, {device}")
     res = probes.probe_sweep(model, train, val, layers, n_train=settings.probe_train_pairs, n_val=settings.n_pairs,
                              batch_size=settings.batch_size, device=device, seed=settings.seed)
-    probes.probe_figure(res, os.path.join(out, "probes.png"), f"{settings.checkpoint}, {settings.dataset} val")
+    figures.probe_figure(res, os.path.join(out, "probes.png"), f"{settings.checkpoint}, {settings.dataset} val")
     commit, dirty = git_state(os.path.dirname(os.path.abspath(__file__)))
     write_json(dict(res, config=vars(settings), git_commit=commit, git_dirty=dirty, seconds=time.time() - t0),
                os.path.join(out, "probes.json"))
@@ -398,8 +398,9 @@ def analyse_run(run_dir, settings, *, rng):
 
     figs = write_figures(run_dir, f"{run} ({hook})", cons=m.cons, asym=m.asym, stats=m.stats)
     if attr is not None:
-        figs.append(("3D attributes of the latents against their null", os.path.join(run_dir, "figures", "attributes.png")))
-        attributes.attributes_figure(attr, null, info["attributes"], figs[-1][1], f"{run} ({hook})")
+        figs.append(("3D attributes of the latents against their null",
+                     os.path.join(run_dir, "figures", "attributes.png")))
+        figures.attributes_figure(attr, null, info["attributes"], figs[-1][1], f"{run} ({hook})")
     cards = write_cards(run_dir, pa["ab"], data=data, corrs=sets[primary], table=table, full=full, settings=settings,
                         rng=rng)
     if settings.causal3d and cards:

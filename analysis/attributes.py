@@ -28,7 +28,7 @@ from data.views import untranspose
 
 # --------------------------------------------------------------------------------------------
 EDGE_TOL = 0.05  # depth edge: |second difference of 1/depth| > EDGE_TOL / depth (a 5 % jump; planes give 0)
-PLANAR_DEG = 15.0  # planar patch: all pixel normals within this angle of the patch mean (nearest-resized depth is noisy)
+PLANAR_DEG = 15.0  # planar patch: every pixel normal within this angle of the patch mean (resized depth is noisy)
 COLUMNS = ("corr_depth", "corr_normal_x", "corr_normal_y", "corr_normal_z", "corr_edge", "planar_share")
 # --------------------------------------------------------------------------------------------
 
@@ -169,15 +169,15 @@ def summary_lines(info, cols):
     share = cols["planar_share"][alive]
     q95 = info.get("null_abs_r_q95")
     null = ([f"- Null (each pair's codes against the next pair's geometry: it keeps the images' layout, so what the "
-             "position in the image explains, e.g. near floors at the bottom, shows up in it too), 95th percentile of |r| "
-             "over latents: "
+             "position in the image explains, e.g. near floors at the bottom, shows up in it too), 95th percentile of "
+             "|r| over latents: "
              + ", ".join(f"{k[5:]} {v:.3f}" for k, v in q95.items()) + "; latents above it (the null gives ~5 %): "
              + ", ".join(f"{k[5:]} {int((np.abs(cols[k][alive]) > v).sum())}" for k, v in q95.items()) + "."]
             if q95 else ["- No null: the pairs differ in grid size."])
     return ["", "## 3D attributes (exact geometry)", "",
-            f"- Over {info['n_tokens']} tokens with valid depth (both views), Pearson r of each latent with log relative "
-            "depth, the surface normal's camera-frame components, and log(1 + distance to a depth edge); the share of "
-            "its activation mass on planar patches (definitions: analysis/attributes.py).", *null,
+            f"- Over {info['n_tokens']} tokens with valid depth (both views), Pearson r of each latent with log "
+            "relative depth, the surface normal's camera-frame components, and log(1 + distance to a depth edge); the "
+            "share of its activation mass on planar patches (definitions: analysis/attributes.py).", *null,
             f"- Null for the planar share: {100 * info['planar_base']:.1f} % of tokens are planar; alive latents' "
             f"median planar share {100 * np.median(share):.1f} %" + (f", {int((share > 0.9).sum())} above 90 %, "
                                                                    f"{int((share < 0.1).sum())} below 10 %."
@@ -186,34 +186,3 @@ def summary_lines(info, cols):
             f"{top('corr_edge', -1)}; most upward-facing surfaces (floors): {top('corr_normal_y', -1)}; "
             f"|r| >= 0.3 with depth: {int((np.abs(cols['corr_depth'][alive]) >= 0.3).sum())} of {int(alive.sum())} "
             "latents that vary on these tokens."]
-
-
-def attributes_figure(cols, null, info, path, title=""):
-    """figures/attributes.png: per-latent r with depth and with edge distance, and the planar share, each as a
-    histogram over latents against its null (codes against another pair's geometry)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    alive = np.isfinite(cols["corr_depth"])
-    fig, ax = plt.subplots(1, 3, figsize=(10.0, 4.0), dpi=100)
-
-    def rbins(key):  # symmetric range around what the latents and their null reach (random models: |r| small)
-        vals = [np.abs(cols[key][alive])] + ([np.abs(null[f"{key}_null"][alive])] if null else [])
-        lim = min(1.0, max(0.1, 1.1 * float(np.nanmax(np.concatenate(vals))) if alive.any() else 1.0))
-        return np.linspace(-lim, lim, 41)
-
-    for a, key, lab, bins in ((ax[0], "corr_depth", "r with log relative depth (< 0: near)", rbins("corr_depth")),
-                              (ax[1], "corr_edge", "r with log(1 + distance to a depth edge)", rbins("corr_edge")),
-                              (ax[2], "planar_share", "share of activation mass on planar patches",
-                               np.linspace(0, 1, 21))):
-        a.hist(cols[key][alive], bins=bins, alpha=0.7, label="latents")
-        if null:
-            a.hist(null[f"{key}_null"][alive], bins=bins, histtype="step", color="k", label="null: other pair's geometry")
-        if key == "planar_share":
-            a.axvline(info["planar_base"], color="C3", ls="--", label="share of planar tokens")
-        a.set_title(lab, fontsize=9)
-        a.legend(fontsize=7)
-    fig.suptitle(f"{title} ({int(alive.sum())} latents, {info['n_tokens']} tokens)", fontsize=10)
-    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.1, top=0.85, wspace=0.2)
-    fig.savefig(path)
-    plt.close(fig)

@@ -20,10 +20,9 @@ Letters: B latents (= pairs) in a batch, N tokens, C channels, S latents, H x W 
 import numpy as np
 import torch
 
-from data import collate_pairs
-from analysis import figures
-from training.hooks import autocast, views_to
 from analysis.ply import real_orientation
+from data import collate_pairs
+from training.hooks import autocast, views_to
 
 
 def _edit(sae, ks, dirs, scale):
@@ -104,23 +103,6 @@ def causal_effects(model, sae, sources, pairs, latents, *, scale=0.0, batch_size
     return out
 
 
-def effect_heatmap(rgb1, rgb2, eff, title=""):
-    """Picture of one latent's effect: where it fires (both views, its own colour scale), then the per-pixel 3D
-    displacement of both pointmaps when it is edited (one scale for both: the 99th percentile of the change, so
-    that a few outlying pixels do not darken the rest)."""
-    amax = max(float(a.max()) for a in eff["act"]) or 1.0
-    dmax = float(np.percentile(np.concatenate([d.ravel() for d in eff["disp"]]), 99)) or 1e-12
-    fire = [figures.overlay(rgb, a, amax) for rgb, a in zip((rgb1, rgb2), eff["act"])]
-    disp = [figures.overlay((0.4 * rgb).astype(np.uint8), d, dmax, cmap="viridis")  # dimmed photo under the change
-            for rgb, d in zip((rgb1, rgb2), eff["disp"])]
-    panels = [figures._vcat([figures._caption(p.shape[1], lab), p]) for lab, p in
-              zip(("fires: view 1", "fires: view 2", "|3D change|: view 1", "|3D change|: view 2 (in view 1's frame)"),
-                  fire + disp)]
-    h = max(p.shape[0] for p in panels)
-    body = figures._hcat(panels[:2] + [figures._colorbar(h, amax)] + panels[2:] + [figures._colorbar(h, dmax, "viridis")])
-    return figures._vcat([figures._caption(body.shape[1], title), body])
-
-
 def card_numbers(e):
     """The numbers of one effect, flat, for a card and the JSON (no maps)."""
     return {"causal_mean_disp": e["mean_disp"], "causal_mean_disp_firing": e["mean_disp_firing"],
@@ -139,9 +121,9 @@ def summary_lines(rows, scale):
     local = np.isfinite(on) & np.isfinite(off)
     dc = np.array([(r["causal_dconf_view1"] + r["causal_dconf_view2"]) / 2 for r in rows])
     return ["", "## Causal effect on the 3D output (pictured latents)", "",
-            f"- {len(rows)} pictured latents, each scaled to {scale:g} x its activation on its top pair (SAE error term "
-            "kept: the rest of the tokens unchanged); change of both pointmaps against the clean run, in units of the "
-            "clean pair's mean distance to the origin (definitions: analysis/causal.py).",
+            f"- {len(rows)} pictured latents, each scaled to {scale:g} x its activation on its top pair (SAE error "
+            "term kept: the rest of the tokens unchanged); change of both pointmaps against the clean run, in units of "
+            "the clean pair's mean distance to the origin (definitions: analysis/causal.py).",
             f"- Median mean |3D change| {np.median(d):.4g}; control (same-size edit along a random direction): "
             f"{np.median(c):.4g}; {int((d > c).sum())} of {len(rows)} latents move the points more than their control.",
             f"- Where the latent fires vs where it does not (median over the {int(local.sum())} latents with both): "

@@ -26,27 +26,19 @@ A layer is a hook point of the model; a decoder block's two branches form one la
 'dec_blocks*.<i>[.<sub>]': view 1's tokens from 'dec_blocks.<i>[.<sub>]', view 2's from 'dec_blocks2...'.
 Letters: B batch, N tokens of a view (row-major patch grid), C channels, p patch size, O = p*p*3.
 """
-import matplotlib
+import numpy as np
+import torch
+from einops import rearrange
 
-matplotlib.use("Agg")  # headless
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from einops import rearrange  # noqa: E402
-
-from data import collate_pairs, patch_correspondences  # noqa: E402
-from training.hooks import autocast, view_sources, views_to  # noqa: E402
-from training.evaluate import ground_truth, normalize_avg_dis  # noqa: E402
+from analysis.ply import real_orientation
+from data import collate_pairs, patch_correspondences
+from training.evaluate import ground_truth, normalize_avg_dis
+from training.hooks import autocast, view_sources, views_to
 
 RIDGE = 1e-3  # ridge strength on standardised features (relative to the correlation matrix's mean eigenvalue, 1)
 
 
 # ------------------------------------------------------------------------------------------------ layers
-
-def layer_sources(layer):
-    """Layer name -> (hook point of view 1's tokens, hook point of view 2's tokens): training/hooks.py's parser."""
-    return view_sources(layer)
-
 
 def default_layers(hook_points):
     """Every hook point of the model in forward order, a decoder block's two branches as one layer; '<block>.mlp'
@@ -68,7 +60,7 @@ def parse_layers(spec, hook_points):
 
     def known(layer):
         try:
-            return all(s in order for s in layer_sources(layer))
+            return all(s in order for s in view_sources(layer))
         except ValueError:  # not a hook name at all
             return False
 
@@ -77,30 +69,24 @@ def parse_layers(spec, hook_points):
         raise ValueError(f"hooks={spec!r}: unknown layer(s) {bad}; valid hook points: {list(hook_points)} "
                          "(a decoder block's branches together: dec_blocks*.<i>)")
     uniq = list(dict.fromkeys(layers))
-    return sorted(uniq, key=lambda layer: max(order[s] for s in layer_sources(layer)))
+    return sorted(uniq, key=lambda layer: max(order[s] for s in view_sources(layer)))
 
 
 @torch.no_grad()
 def pair_tokens(model, view1, view2, layers, device):
     """{layer: (view-1 tokens (B, N1, C), view-2 tokens (B, N2, C))} float32 on the CPU; one forward that
     stops after the last hook point needed."""
-    hooks = sorted({s for layer in layers for s in layer_sources(layer)})
+    hooks = sorted({s for layer in layers for s in view_sources(layer)})
     with autocast(device):
         out = model.forward_hooks(views_to(view1, device), views_to(view2, device), hooks=hooks)
     res = {}
     for layer in layers:
-        s1, s2 = layer_sources(layer)
+        s1, s2 = view_sources(layer)
         res[layer] = (out.tokens[s1][0].float().cpu(), out.tokens[s2][1].float().cpu())
     return res
 
 
 # ------------------------------------------------------------------------------------------------ geometry
-
-def _real_orientation(x, true_shape):
-    """(H, W, ...) array of a landscape-transposed portrait view -> its real orientation."""
-    H, W = (int(v) for v in true_shape)
-    return x.transpose(0, 1) if H != W and tuple(x.shape[:2]) == (W, H) else x
-
 
 def patch_targets(view1, view2, patch):
     """Normalised ground-truth pointmaps as token rows: [(B, N1, O), (B, N2, O)] and pixel masks
@@ -113,8 +99,10 @@ def patch_targets(view1, view2, patch):
     pts = normalize_avg_dis(pts, valid)
     rows, masks = [], []
     for p, m, view in zip(pts, valid, (view1, view2)):
-        P = torch.stack([_real_orientation(p[b], view["true_shape"][b]) for b in range(len(p))])  # (B, H, W, 3)
-        M = torch.stack([_real_orientation(m[b], view["true_shape"][b]) for b in range(len(m))])  # (B, H, W)
+        P = torch.stack([torch.as_tensor(real_orientation(p[b].numpy(), view["true_shape"][b]))
+                         for b in range(len(p))])  # (B, H, W, 3)
+        M = torch.stack([torch.as_tensor(real_orientation(m[b].numpy(), view["true_shape"][b]))
+                         for b in range(len(m))])  # (B, H, W)
         rows.append(rearrange(P, "b (h p1) (w p2) c -> b (h w) (p1 p2 c)", p1=patch, p2=patch))
         masks.append(rearrange(M, "b (h p1) (w p2) -> b (h w) (p1 p2)", p1=patch, p2=patch))
     return rows, masks
@@ -255,8 +243,8 @@ def probe_sweep(model, train_ds, val_ds, layers, *, n_train, n_val, batch_size=8
                 if (layer, v) not in probes:
                     probes[(layer, v)] = LinearProbe(x.shape[-1], Y[v].shape[-1], N, device)
                 if probes[(layer, v)].cnt.shape[0] != N:
-                    raise ValueError(f"train pairs have different patch grids ({N} vs {probes[(layer, v)].cnt.shape[0]} "
-                                     "tokens): run the probes at one resolution")
+                    raise ValueError(f"train pairs have different patch grids ({N} vs "
+                                     f"{probes[(layer, v)].cnt.shape[0]} tokens): run the probes at one resolution")
                 probes[(layer, v)].update(x[full], Y[v][full], pos)
         log(f"probe fit: {min((i + 1) * batch_size, n_train)}/{n_train} train pairs")
     for pr in probes.values():
@@ -295,45 +283,12 @@ def probe_sweep(model, train_ds, val_ds, layers, *, n_train, n_val, batch_size=8
     rows = []
     for layer in layers:
         e = err[layer].result()
-        rows.append(dict(layer=layer, sources=list(layer_sources(layer)), dim=int(probes[(layer, 0)].sxx.shape[0]),
+        rows.append(dict(layer=layer, sources=list(view_sources(layer)), dim=int(probes[(layer, 0)].sxx.shape[0]),
                          correspondence=match[layer].result(), correspondence_shuffled=null[layer].result(),
                          probe_err_view1=e[0], probe_err_view2=e[1],
                          n_fit_tokens=[probes[(layer, v)].n for v in range(2)], n_val_pixels=err[layer].count))
     return dict(rows=rows, n_train=n_train, n_val=n_val, ridge=ridge,
                 baselines=dict(identity=identity.result(), position_err=pos_err.result()))
-
-
-# ------------------------------------------------------------------------------------------------ figure
-
-def probe_figure(res, path, title=""):
-    """Two panels along the forward order: correspondence precision / recall (with the shuffled null and the
-    identity control), and the probe's normalised 3D error per view (with the position-only null)."""
-    rows = res["rows"]
-    x = np.arange(len(rows))
-    fig, ax = plt.subplots(1, 2, figsize=(12.0, 4.5), dpi=100)
-    for key, style in (("precision_within_1", "o-"), ("recall_within_1", "s-"), ("precision_exact", "o--"),
-                       ("recall_exact", "s--")):
-        ax[0].plot(x, [r["correspondence"][key] for r in rows], style, ms=3, label=key.replace("_", " "))
-    ax[0].plot(x, [r["correspondence_shuffled"]["precision_within_1"] for r in rows], ":", color="grey",
-               label="null: view 2 shuffled (precision within 1)")
-    ax[0].axhline(res["baselines"]["identity"]["precision_within_1"], color="k", lw=0.8, ls="-.",
-                  label="control: same grid position (within 1)")
-    ax[0].set_ylim(-0.02, 1.02)
-    ax[0].set_title("token correspondence: mutual NN (cosine) vs ground truth", fontsize=10)
-    for v, c in ((1, "C0"), (2, "C3")):
-        ax[1].plot(x, [r[f"probe_err_view{v}"] for r in rows], "o-", ms=3, color=c, label=f"linear probe, view {v}")
-        ax[1].axhline(res["baselines"]["position_err"][v - 1], color=c, lw=0.8, ls=":",
-                      label=f"null: position only, view {v}")
-    ax[1].set_ylim(bottom=0)
-    ax[1].set_title("linear pointmap probe: normalised 3D error (val, lower is better)", fontsize=10)
-    for a in ax:
-        a.set_xticks(x, [r["layer"] for r in rows], rotation=60, ha="right", fontsize=6)
-        a.legend(fontsize=6)
-        a.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=10)
-    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.27, top=0.88, wspace=0.15)
-    fig.savefig(path)
-    plt.close(fig)
 
 
 # ------------------------------------------------------------------------------------------------ summary

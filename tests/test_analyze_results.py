@@ -71,7 +71,8 @@ def test_train_then_analyze(tmp_path):
 
         metrics = json.loads((run / "latent_metrics.json").read_text())
         assert len(metrics["jaccard"]) == len(metrics["va"]) == len(metrics["corr_depth"]) == n_latents
-        assert "## 3D attributes" in (run / "summary.md").read_text() and "## Causal effect" in (run / "summary.md").read_text()
+        md = (run / "summary.md").read_text()
+        assert "## 3D attributes" in md and "## Causal effect" in md
         summary = json.loads((run / "analysis.json").read_text())
         assert summary["summary"]["n_pairs"] == 8 and summary["summary"]["n_latents"] == n_latents
         assert "8 held-out pairs" in (run / "summary.md").read_text()

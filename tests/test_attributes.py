@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from analysis import attributes as at
+from analysis import attributes as at, figures
 from data import make_dataset
 
 K = np.array([[60.0, 0, 32], [0, 60.0, 24], [0, 0, 1]])
@@ -84,5 +84,5 @@ def test_pair_attributes_null_and_figure(scenes_geometry, tmp_path):
     assert set(info["null_abs_r_q95"]) == {k for k in at.COLUMNS if k.startswith("corr_")}
     lines = at.summary_lines(info, cols)
     assert any("Null (each pair's codes" in line for line in lines)
-    at.attributes_figure(cols, null, info, tmp_path / "a.png", "planted")
+    figures.attributes_figure(cols, null, info, tmp_path / "a.png", "planted")
     assert (tmp_path / "a.png").stat().st_size > 5000

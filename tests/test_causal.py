@@ -78,5 +78,5 @@ def test_heatmap_and_errors(setup):
         causal.causal_effects(model, sae, ENC, pairs, [0])
     e = causal.causal_effects(model, sae, DEC, pairs[:1], [0])[0]
     rgb = [figures.to_display(v["img"], v["true_shape"]) for v in pairs[0]]
-    img = causal.effect_heatmap(*rgb, e, "latent 0")
+    img = figures.effect_heatmap(*rgb, e, "latent 0")
     assert img.dtype == np.uint8 and img.shape[0] == RES + 2 * figures.CAPTION_H and img.shape[1] > 4 * RES
