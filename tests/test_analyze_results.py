@@ -80,6 +80,7 @@ def test_train_then_analyze(tmp_path):
         text = (run / "index.html").read_text(encoding="utf-8")
         rows = json.loads(re.search(r"id='latent-data' type='application/json'>(.*?)</script>", text, re.S).group(1))
         assert [r["latent"] for r in rows] == list(range(n_latents))  # every latent listed
+        assert {"corr_depth", "corr_edge", "planar_share"} <= set(rows[0])  # 3D attributes as index columns
         refs = re.findall(r"(?:src|href)\s*=\s*['\"]([^'\"]*)['\"]", text)
         assert refs and not [r for r in refs if re.match(r"(https?:)?//", r)]  # nothing remote
         files = [r for r in refs if not r.startswith("#")]  # in-page anchors aside
