@@ -7,7 +7,8 @@ For every layer in a list, on pairs with ground-truth geometry:
     correct / ground-truth matches; "exact" = the matched view-2 patch, "within 1" = Chebyshev
     distance <= 1 on view 2's patch grid. Mutual-NN matches of patches without a ground-truth match
     (occluded, out of view) are counted separately (`n_pred_unmatched`), not as errors.
-    Null: the same with view 2's tokens shuffled within the pair (chance at these grids); control:
+    Null: the same with view 2's tokens shuffled within the pair (NULL_DRAWS shuffles, pooled: chance at
+    these grids, for as many matches as the layer makes); control:
     the identity match p -> p (what "same grid position" gets on these pairs, for free).
   * a linear pointmap probe per layer and view, as DUSt3R's linear head: token (C,) -> its patch's
     p*p*3 points. A linear map of the features alone cannot know where the token sits (DUSt3R's RoPE
@@ -36,6 +37,7 @@ from training.evaluate import ground_truth, normalize_avg_dis
 from training.hooks import autocast, view_sources, views_to
 
 RIDGE = 1e-3  # ridge strength on standardised features (relative to the correlation matrix's mean eigenvalue, 1)
+NULL_DRAWS = 20  # shuffles of view 2's tokens per pair and layer for the correspondence null (counts pooled)
 
 
 # ------------------------------------------------------------------------------------------------ layers
@@ -274,10 +276,11 @@ def probe_sweep(model, train_ds, val_ds, layers, *, n_train, n_val, batch_size=8
             t1, t2 = toks[layer]
             err[layer].update([probes[(layer, 0)].predict(t1), probes[(layer, 1)].predict(t2)], Y, M)
             for b in range(B):
-                match[layer].update(mutual_nn(t1[b], t2[b]).numpy(), gts[b], w2[b])
-                perm = torch.randperm(t2.shape[1], generator=rng)  # shuffled null: view-2 tokens in random places
-                shuffled = mutual_nn(t1[b], t2[b][perm])
-                null[layer].update(shuffled.numpy(), gts[b], w2[b])  # indices into the shuffled order: random places
+                pred = mutual_nn(t1[b], t2[b])
+                match[layer].update(pred.numpy(), gts[b], w2[b])
+                for _ in range(NULL_DRAWS):  # shuffling view 2's tokens = the same matches at random view-2 places
+                    perm = torch.randperm(t2.shape[1], generator=rng)
+                    null[layer].update(torch.where(pred >= 0, perm[pred.clamp_min(0)], -1).numpy(), gts[b], w2[b])
         log(f"probe eval: {min((i + 1) * batch_size, n_val)}/{n_val} val pairs")
 
     rows = []
