@@ -214,8 +214,7 @@ def postprocess(out: torch.Tensor, depth_mode, conf_mode) -> dict:
     xyz = fmap[..., 0:3]
     if mode != "linear":
         d = xyz.norm(dim=-1, keepdim=True)
-        xyz = xyz / d.clip(min=1e-8)
-        xyz = xyz * (d.square() if mode == "square" else torch.expm1(d))
+        xyz = (xyz / d.clip(min=1e-8)).mul_(d.square() if mode == "square" else torch.expm1(d))  # into the quotient
     res = {"pts3d": xyz}
     if conf_mode is not None:
         mode, vmin, vmax = conf_mode
