@@ -94,7 +94,7 @@ def build(size, batch, official_dir):
     return ours, official, views
 
 
-def run(size, batch, iters, official_dir):
+def run(size, batch, iters, official_dir, cpu_time):
     ours, official, views = build(size, batch, official_dir)
     with torch.inference_mode():
         rec = Recorder(ours.parameters())
@@ -111,11 +111,11 @@ def run(size, batch, iters, official_dir):
         times = {k: [] for k in calls}
         for r in range(iters):
             for name in (list(calls) if r % 2 == 0 else list(calls)[::-1]):  # alternate the order between rounds
-                t0 = time.perf_counter()
+                t0 = time.process_time() if cpu_time else time.perf_counter()
                 calls[name]()
-                times[name].append(time.perf_counter() - t0)
+                times[name].append((time.process_time() if cpu_time else time.perf_counter()) - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
-    row = dict(size=size, batch=batch, iters=iters, ours_s=med["ours"], bare_s=med["bare"],
+    row = dict(size=size, batch=batch, iters=iters, clock="cpu" if cpu_time else "wall", ours_s=med["ours"], bare_s=med["bare"],
                outside_ours=1 - med["bare"] / med["ours"], n_gemm_calls=len(rec.calls), times=times,
                max_abs_diff_vs_official=diff, threads=torch.get_num_threads())
     if "official" in med:
@@ -131,8 +131,14 @@ def main():
     ap.add_argument("--iters", type=int, default=3, help="timed rounds (each: ours, official, bare)")
     ap.add_argument("--official", default=os.environ.get("DUST3R_OFFICIAL", ""),
                     help="a naver/dust3r checkout with its croco submodule ('' = skip the official code)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--cpu_time", action="store_true",
+                    help="time with the process's CPU seconds instead of wall-clock: on a machine loaded by other jobs, "
+                         "with --threads 1, this measures the work done rather than the time spent waiting for a core")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.official and not os.path.isdir(os.path.join(args.official, "croco", "models")):
         sys.exit(f"--official {args.official}: expected a naver/dust3r checkout with croco/models inside "
                  "(git submodule update --init)")
@@ -141,7 +147,7 @@ def main():
     rows = []
     for size in args.size:
         for batch in args.batch:
-            r = run(size, batch, args.iters, args.official)
+            r = run(size, batch, args.iters, args.official, args.cpu_time)
             rows.append(r)
             f = lambda k, fmt: format(r[k], fmt) if k in r else "-"  # noqa: E731
             H, W = SIZES[size][1]
@@ -150,7 +156,8 @@ def main():
                   f"{'-' if 'outside_official' not in r else format(100 * r['outside_official'], '.0f') + ' %'} |", flush=True)
             if r["max_abs_diff_vs_official"] is not None:
                 print(f"  max |ours - official| over pts3d/conf: {r['max_abs_diff_vs_official']:.2e}", flush=True)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, medians of {args.iters} rounds")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, medians of {args.iters} rounds, "
+          f"{'CPU' if args.cpu_time else 'wall-clock'} seconds")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=1)
