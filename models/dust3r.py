@@ -3,11 +3,13 @@
 Re-implemented from a written spec of the official code (naver/dust3r @4c24a6e,
 naver/croco @d7de070). Module and parameter names are the official state-dict keys, so the released
 checkpoints load with strict=True (see models/loading.py). What the official code lacks and we add:
-  * hook points named by module path ('enc_blocks.23', 'dec_blocks2.11', ...): `forward_hooks` returns
-    their tokens and computes nothing after the last one it needs;
+  * hook points named by module path ('enc_blocks.23', 'dec_blocks2.11', and inside blocks 'dec_blocks.5.cross_attn'):
+    `forward_hooks` returns their tokens and computes nothing after the last one it needs;
   * `forward_spliced` runs the full model with a replacement function at any hook points;
+  * `encode` / `decode`: the encoder once per image, reused by any pairing of the views;
   * the heads are real submodules (official: closures, which break deepcopy);
-  * attention through F.scaled_dot_product_attention, RoPE tables computed once per forward.
+  * attention through F.scaled_dot_product_attention on token-major tensors, RoPE tables once per forward, no host
+    sync: torch.compile traces the inference variant as one graph.
 
 Shape legend: B batch, N tokens (h*w patch grid), C channels, Hd heads, Dh head dim, H x W pixels.
 """
@@ -129,21 +131,22 @@ class CrossAttention(nn.Module):
         return self.proj(_attend(q, k, split(self.projv(y))))
 
 
+def _no_tap(stage, x):
+    return x
+
+
 class Block(nn.Module):
-    """Encoder block. `tap(stage, x)`, given only when a sub-block hook point of this block is requested, sees (and may
-    replace) the residual stream after the attention add ('attn') and after the MLP add ('mlp')."""
+    """Encoder block. `tap(stage, x)` sees (and may replace) the residual stream after the attention add ('attn') and
+    after the MLP add ('mlp'); the model passes a real one only when a sub-block point of this block is requested."""
 
     def __init__(self, dim, num_heads, mlp_ratio=4.0):
         super().__init__()
         self.norm1, self.attn = LayerNorm(dim), Attention(dim, num_heads)
         self.norm2, self.mlp = LayerNorm(dim), Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x, rope, tap=None):
-        x = x + self.attn(self.norm1(x), rope)
-        if tap is not None:
-            x = tap("attn", x)
-        x = x + self.mlp(self.norm2(x))
-        return x if tap is None else tap("mlp", x)
+    def forward(self, x, rope, tap=_no_tap):
+        x = tap("attn", x + self.attn(self.norm1(x), rope))
+        return tap("mlp", x + self.mlp(self.norm2(x)))
 
 
 class DecoderBlock(nn.Module):
@@ -157,16 +160,11 @@ class DecoderBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.norm_y = LayerNorm(dim) if norm_mem else nn.Identity()
 
-    def forward(self, x, y, rope_x, rope_y, tap=None):
-        x = x + self.attn(self.norm1(x), rope_x)
-        if tap is not None:
-            x = tap("attn", x)
+    def forward(self, x, y, rope_x, rope_y, tap=_no_tap):
+        x = tap("attn", x + self.attn(self.norm1(x), rope_x))
         y_ = self.norm_y(y)  # the other view's tokens, used as both keys and values
-        x = x + self.cross_attn(self.norm2(x), y_, rope_x, rope_y)
-        if tap is not None:
-            x = tap("cross_attn", x)
-        x = x + self.mlp(self.norm3(x))
-        return x if tap is None else tap("mlp", x)
+        x = tap("cross_attn", x + self.cross_attn(self.norm2(x), y_, rope_x, rope_y))
+        return tap("mlp", x + self.mlp(self.norm3(x)))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -333,13 +331,7 @@ class AsymmetricCroCo3DStereo(nn.Module):
         early = [n for n in names + list(edits) if self._order[n] < self._order["decoder_embed"]]
         assert not early, f"decode() starts at decoder_embed; {early} belong in encode() / forward_hooks()"
         taps = _Taps(edits=edits, record=names, order=self._order)
-        if not names:
-            return self._decode(enc1, enc2, taps, heads=True)
-        try:
-            self._decode(enc1, enc2, taps, heads=False)
-        except _Done:
-            pass
-        return taps.output(enc1.grid, enc2.grid)
+        return taps.run(lambda: self._decode(enc1, enc2, taps, heads=not names), lambda: (enc1.grid, enc2.grid))
 
     # ---------------------------------------------------------------- internals
     def _check(self, names):
@@ -347,18 +339,11 @@ class AsymmetricCroCo3DStereo(nn.Module):
         if bad:
             raise KeyError(f"unknown hook point(s) {bad}; valid: patch_embed, enc_blocks.0..{len(self.enc_blocks) - 1}, "
                            f"enc_norm, decoder_embed, dec_blocks.i, dec_blocks2.i (0..{len(self.dec_blocks) - 1}), dec_norm; "
-                           "inside a block (residual stream after each add): enc_blocks.i.attn|mlp, "
-                           "dec_blocks.i.attn|cross_attn|mlp, dec_blocks2.i.attn|cross_attn|mlp")
+                           "inside blocks: enc_blocks.i.attn|mlp, dec_blocks[2].i.attn|cross_attn|mlp (after each add)")
 
     def _run(self, view1, view2, taps):
-        if not taps.record:
-            return self._decode(*self._encode_views((view1, view2), taps), taps, heads=True)
-        try:
-            self._decode(*self._encode_views((view1, view2), taps), taps, heads=False)
-        except _Done:  # raised by taps right after the last point it records
-            pass
-        grids = [self.patch_embed.grid(v["img"], _true_shape(v, v["img"])) for v in (view1, view2)]
-        return taps.output(*grids)
+        return taps.run(lambda: self._decode(*self._encode_views((view1, view2), taps), taps, heads=not taps.record),
+                        lambda: [self.patch_embed.grid(v["img"], _true_shape(v, v["img"])) for v in (view1, view2)])
 
     def _encode_views(self, views, taps):
         """Encoded per view; same-size views go through as one batch, as official (it changes CPU numerics by ~1e-5)."""
@@ -476,21 +461,23 @@ class _Taps:
         return x
 
     def complete(self):
-        return all(t is not None for t in self.tokens[self.last][_branch_views(self.last)])
+        """Every view the last point carries is recorded (decoder branch 1 carries view 1 only, branch 2 view 2)."""
+        carried = (1,) if self.last.startswith("dec_blocks.") else (2,) if self.last.startswith("dec_blocks2.") else (1, 2)
+        return all(self.tokens[self.last][v - 1] is not None for v in carried)
 
     def inside(self, block, views):
-        """The tap a block calls at its sub-block points, or None (the fast path) when none of them is asked for."""
-        if block not in self.blocks:
-            return None
-        return lambda stage, x: self(f"{block}.{stage}", x, views)
+        """The tap a block calls at its sub-block points; the identity when none of them is asked for."""
+        return (lambda stage, x: self(f"{block}.{stage}", x, views)) if block in self.blocks else _no_tap
 
-    def output(self, grid1, grid2) -> HookOutput:
-        return HookOutput({k: tuple(v) for k, v in self.tokens.items()}, grid1, grid2)
-
-
-def _branch_views(name):
-    """Slice of (view 1, view 2) that hook point `name` carries: decoder branch 1 only view 1, branch 2 only view 2."""
-    return slice(1, 2) if name.startswith("dec_blocks2.") else slice(0, 1) if name.startswith("dec_blocks.") else slice(0, 2)
+    def run(self, forward, grids):
+        """forward()'s outputs; when recording, a HookOutput (forward stops by _Done after the last point needed)."""
+        if not self.record:
+            return forward()
+        try:
+            forward()
+        except _Done:
+            pass
+        return HookOutput({k: tuple(v) for k, v in self.tokens.items()}, *grids())
 
 
 def _init_weights(m):
