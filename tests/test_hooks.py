@@ -53,6 +53,8 @@ def test_every_model_hook_point_parses_and_extracts():
     model = load_dust3r("random-tiny", log=None)
     for name in model.hook_points:
         parse_hook(name)
+    with pytest.raises(ValueError, match=r"dec_blocks\.9\.attn'\] not in this model.*cross_attn"):
+        check_hook(model, [("dec_blocks.9.attn", 1)])  # random-tiny has two decoder blocks
     pair = [dict(img=torch.rand(1, 3, 32, 48) * 2 - 1, true_shape=torch.tensor([[32, 48]])) for _ in range(2)]
     for hook, prefixes in (("dec_blocks*.1.cross_attn", ("dec_blocks*.",)), ("enc_blocks.1.attn", ("enc_blocks.",))):
         sources = hook_sources(hook, prefixes)

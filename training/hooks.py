@@ -77,7 +77,9 @@ def pooled_branches(sources):
 def check_hook(model, sources):
     bad = sorted({name for name, _ in sources if name not in model.hook_points})
     if bad:
-        raise ValueError(f"hook point(s) {bad} not in this model; valid: {model.hook_points}")
+        blocks = [h for h in model.hook_points if h.count(".") < 2]  # the sub-block points add a suffix to a block
+        raise ValueError(f"hook point(s) {bad} not in this model; valid: {blocks}, and inside a block "
+                         "'<block>.attn', '<block>.mlp', decoder blocks also '<block>.cross_attn'")
 
 
 def autocast(device):
