@@ -6,7 +6,9 @@
 The ceiling: every Linear, convolution and attention call of one forward (recorded with a TorchFunctionMode),
 replayed bare on random contiguous inputs of the same shapes, with the model's own weights. What our forward
 spends beyond that (LayerNorm, GELU, residual adds, RoPE, reshapes, interpolation, allocations) is the share
-outside the GEMMs: the only part an implementation can still remove without faster kernels.
+outside the GEMMs: the only part an implementation can still remove without faster kernels. A second estimate of that
+share comes from torch.profiler on one call (GEMM-like op intervals over the call's wall time), which does not compare
+two calls and so survives a loaded machine.
 The official code (naver/dust3r with its croco submodule checked out at --official, never vendored) gets the same
 random weights via load_state_dict(strict=True); ours, official and the bare replay alternate within each round,
 and medians over rounds are reported. Sizes: 224 -> 224_linear on 224x224 pairs, 512 -> 512_dpt on 512x384 pairs;
