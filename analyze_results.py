@@ -15,7 +15,7 @@ Metrics and controls: workbench/multiview.py; how to read everything: README.md,
     python analyze_results.py results/<run> [results/<run2> ...] [--n_pairs=128] [overrides.yaml]
 
 Runtime: a tiny random-weight test run, about 5 s on CPU; ViT-L at 224 with 128 pairs, a few minutes
-on one GPU (three DUSt3R passes per pair; the metrics are sparse column sums and take seconds).
+on one GPU (one encoder pass per image and three decoder passes per pair; the metrics take seconds).
 """
 import json
 import os
@@ -27,10 +27,11 @@ import numpy as np
 import torch
 import yaml
 
+from analysis.pairings import pairing_tokens
 from data import collate_pairs, make_dataset, patch_correspondences, predicted_correspondences
 from models.sae import SAE
 from workbench import browser, figures, multiview as mv, ply
-from workbench.activations import autocast, build_dust3r, views_to
+from workbench.activations import build_dust3r
 from workbench.config import apply_overrides
 from workbench.runs import git_state
 
@@ -40,6 +41,7 @@ split = "test"                # held-out split ('test' is the dataset's 'val' fo
 batch_size = 8                # pairs per DUSt3R forward
 correspondence = "auto"       # 'auto' (ground truth where the data has geometry, + predicted) | 'gt' | 'pred'
 controls = True               # also run every pair as (B, A) and (A, A): slot-swap and identical-image controls
+reuse_encoder = True          # the encoder runs once per image for all three pairings; False: three full passes (timing)
 n_perm = 200                  # draws of the shuffled-correspondence null (permutation p-values, >= 200)
 min_support = 50              # firing matched patches needed in each view before a latent is tested
 n_cards = 48                  # latents that get pictures in latents/ and a card in index.html
@@ -95,24 +97,9 @@ def hook_rank(hook):
 
 
 @torch.no_grad()
-def encode_pairs(model, sae, view1, view2, hooks, heads):
-    """SAE codes of both views [(B, N1, S), (B, N2, S)], patch grids [(B, 2), (B, 2)], and DUSt3R's
-    outputs (res1, res2) when heads (one pass: identity edits record the tokens on the way)."""
-    rec, res = {}, None
-    v1, v2 = views_to(view1, dev), views_to(view2, dev)
-    with autocast(dev):
-        if heads:
-            def keep(t, v, name):
-                rec[(name, v)] = t
-                return t
-            res = model.forward_spliced(v1, v2, {h: (lambda t, v, h=h: keep(t, v, h)) for h in set(hooks)})
-        else:
-            out = model.forward_hooks(v1, v2, hooks=sorted(set(hooks)))
-            rec = {(h, v + 1): out.tokens[h][v] for v, h in enumerate(hooks)}
-    toks = [rec[(hooks[v], v + 1)] for v in range(2)]  # each (B, N, C)
-    z = [sae.encode(t.float().reshape(-1, t.shape[-1])).reshape(*t.shape[:2], -1).cpu() for t in toks]
-    grids = [model.patch_embed.grid(v["img"], torch.as_tensor(v["true_shape"]).reshape(-1, 2)) for v in (view1, view2)]
-    return z, grids, res
+def sae_codes(sae, tokens):
+    """SAE codes (B, N, S), on the CPU, of tokens (B, N, C)."""
+    return sae.encode(tokens.float().reshape(-1, tokens.shape[-1])).reshape(*tokens.shape[:2], -1).cpu()
 
 
 def collect(model, sae, ds, n, hooks):
@@ -125,13 +112,15 @@ def collect(model, sae, ds, n, hooks):
         items = [ds[i] for i in range(lo, min(lo + batch_size, n))]
         view1, view2 = collate_pairs(items)
         scenes = [str(s) for s in view1.get("label", view1["instance"])]
-        z, g, (res1, res2) = encode_pairs(model, sae, view1, view2, hooks, heads=True)
-        pa["ab"].add(z[0], z[1], g[0], g[1], scenes)
-        if controls:  # (B, A): slot swap; (A, A): the same image in both slots
-            z, g, _ = encode_pairs(model, sae, view2, view1, hooks, heads=False)
-            pa["ba"].add(z[0], z[1], g[0], g[1], scenes)
-            z, g, _ = encode_pairs(model, sae, view1, view1, hooks, heads=False)
-            pa["aa"].add(z[0], z[1], g[0], g[1], scenes)
+        # the encoder runs once per image for all three pairings (analysis/pairings.py)
+        runs, (res1, res2) = pairing_tokens(model, view1, view2, hooks, controls=controls, device=dev,
+                                            reuse=reuse_encoder)
+        codes = {}  # id(tokens) -> SAE codes: with an encoder hook, an image's tokens serve several pairings
+        for key, (t1, t2, g1, g2) in runs.items():  # 'ab'; with controls 'ba' (slot swap), 'aa' (same image twice)
+            for t in (t1, t2):
+                if id(t) not in codes:
+                    codes[id(t)] = sae_codes(sae, t)
+            pa[key].add(codes[id(t1)], codes[id(t2)], g1, g2, scenes)
         for b, (a, c) in enumerate(items):
             ts = (a["true_shape"], c["true_shape"])
             p = [ply.real_orientation(r[k][b].float().cpu().numpy(), t)
