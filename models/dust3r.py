@@ -316,6 +316,29 @@ class AsymmetricCroCo3DStereo(nn.Module):
         assert not late, f"encode() runs the encoder only; edits at {late} belong in decode()"
         return self._encode_views(views, _Taps(edits=edits))
 
+    def encode_from(self, name: str, tokens: list, encoded: list, *, edits: dict | None = None) -> list:
+        """The encoder finished from hook point `name` ('patch_embed', 'enc_blocks.<i>' or 'enc_norm'), given each
+        view's tokens there, e.g. an SAE reconstruction of them: what encode(*views, edits={name: ...}) returns,
+        without recomputing the part before `name`. `encoded` is encode(*views) of the same views (positions,
+        shapes); views are batched as encode() batched them, so the result is encode()'s exactly. `edits` may
+        name later encoder points."""
+        blocks = {"patch_embed": 0, "enc_norm": len(self.enc_blocks), **{
+            f"enc_blocks.{i}": i + 1 for i in range(len(self.enc_blocks))}}  # name -> first block still to run
+        if name not in blocks:
+            raise KeyError(f"encode_from starts after patch_embed, enc_blocks.<i> or enc_norm, not {name!r}")
+        edits = dict(edits or {})
+        self._check(edits)
+        taps = _Taps(edits=edits)
+        same = all(e.hw == encoded[0].hw for e in encoded)  # encode() batches the views iff their images share a size
+        out = []
+        for group in ([range(len(encoded))] if same else [[i] for i in range(len(encoded))]):
+            views = tuple(i + 1 for i in group)
+            x = torch.cat([tokens[i] for i in group])  # (G*B,N,Ce)
+            if name != "enc_norm":
+                x = self._encoder_blocks(x, torch.cat([encoded[i].pos for i in group]), views, taps, blocks[name])
+            out += [encoded[i]._replace(tokens=t) for i, t in zip(group, x.chunk(len(views)))]
+        return out
+
     def decode(self, enc1: "Encoded", enc2: "Encoded", *, hooks=None, edits: dict | None = None):
         """Decoders and heads on encoded views: (res1, res2) as `forward`, or with `hooks` (decoder_embed onwards) a
         HookOutput as `forward_hooks`, stopping after the last point needed. `edits` as in `forward_spliced`."""
@@ -377,11 +400,14 @@ class AsymmetricCroCo3DStereo(nn.Module):
 
     def _encode(self, img, true_shape, views, taps):
         x, pos = self.patch_embed(img, true_shape)  # (B,N,Ce), (B,N,2)
-        x = taps("patch_embed", x, views)
+        return self._encoder_blocks(taps("patch_embed", x, views), pos, views, taps, first=0), pos
+
+    def _encoder_blocks(self, x, pos, views, taps, first):
+        """Encoder blocks first, first+1, ... and enc_norm on tokens x (B,N,Ce) at positions pos (B,N,2)."""
         rope = self.rope.tables(pos, self.enc_embed_dim // self.enc_blocks[0].attn.num_heads)
-        for i, blk in enumerate(self.enc_blocks):
-            x = taps(f"enc_blocks.{i}", blk(x, rope, taps.inside(f"enc_blocks.{i}", views)), views)
-        return taps("enc_norm", self.enc_norm(x), views), pos
+        for i in range(first, len(self.enc_blocks)):
+            x = taps(f"enc_blocks.{i}", self.enc_blocks[i](x, rope, taps.inside(f"enc_blocks.{i}", views)), views)
+        return taps("enc_norm", self.enc_norm(x), views)
 
     def _decode(self, enc1, enc2, taps, heads):
         # decoders: synchronous exchange, each view reads the other's previous layer (dust3r/model.py, _decoder)

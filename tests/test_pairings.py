@@ -6,6 +6,7 @@ import torch
 from analysis.pairings import pairing_tokens
 from workbench.activations import build_dust3r
 
+torch.set_num_threads(1)  # tiny ops: more threads than the 2 shared cores only slow them down
 DEV = torch.device("cpu")
 HOOKS = [("enc_blocks.0", "enc_blocks.0"), ("enc_norm", "enc_norm"), ("dec_blocks.1", "dec_blocks2.1"),
          ("decoder_embed", "decoder_embed"), ("dec_norm", "dec_norm"), ("enc_blocks.1.attn", "enc_blocks.1.attn"),
