@@ -11,7 +11,7 @@ difference (analyze_results.py --reuse_encoder=False).
 """
 import torch
 
-from workbench.activations import autocast, views_to
+from training.hooks import autocast, views_to
 
 PAIRINGS = {"ab": (0, 1), "ba": (1, 0), "aa": (0, 0)}  # pairing -> (image in slot 1, image in slot 2); 0 = A, 1 = B
 

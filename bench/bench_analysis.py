@@ -23,7 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from analysis.pairings import pairing_tokens  # noqa: E402
 from data import collate_pairs, make_dataset  # noqa: E402
-from workbench.activations import build_dust3r, hook_sources  # noqa: E402
+from models.loading import load_dust3r  # noqa: E402
+from training.hooks import hook_sources  # noqa: E402
 
 
 def same(a, b):
@@ -46,7 +47,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    model = build_dust3r(args.checkpoint, device)
+    model = load_dust3r(args.checkpoint, device, landscape_only=True)  # the training variant, as the scripts
     ds = make_dataset("builtin", split="val", resolution=224)
     view1, view2 = collate_pairs([ds[i] for i in range(args.pairs)])
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

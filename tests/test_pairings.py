@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from analysis.pairings import pairing_tokens
-from workbench.activations import build_dust3r
+from models.loading import load_dust3r
 
 torch.set_num_threads(1)  # tiny ops: more threads than the 2 shared cores only slow them down
 DEV = torch.device("cpu")
@@ -15,7 +15,7 @@ HOOKS = [("enc_blocks.0", "enc_blocks.0"), ("enc_norm", "enc_norm"), ("dec_block
 
 @pytest.fixture(scope="module")
 def model():
-    return build_dust3r("random-tiny", DEV)
+    return load_dust3r("random-tiny", DEV, landscape_only=True)
 
 
 def views(shape2=(64, 96)):
