@@ -3,11 +3,13 @@
 Re-implemented from a written spec of the official code (naver/dust3r @4c24a6e,
 naver/croco @d7de070). Module and parameter names are the official state-dict keys, so the released
 checkpoints load with strict=True (see models/loading.py). What the official code lacks and we add:
-  * hook points named by module path ('enc_blocks.23', 'dec_blocks2.11', ...): `forward_hooks` returns
-    their tokens and computes nothing after the last one it needs;
+  * hook points named by module path ('enc_blocks.23', 'dec_blocks2.11', and inside blocks 'dec_blocks.5.cross_attn'):
+    `forward_hooks` returns their tokens and computes nothing after the last one it needs;
   * `forward_spliced` runs the full model with a replacement function at any hook points;
+  * `encode` / `decode`: the encoder once per image, reused by any pairing of the views;
   * the heads are real submodules (official: closures, which break deepcopy);
-  * attention through F.scaled_dot_product_attention, RoPE tables computed once per forward.
+  * attention through F.scaled_dot_product_attention on token-major tensors, RoPE tables once per forward, no host
+    sync: torch.compile traces the inference variant as one graph.
 
 Shape legend: B batch, N tokens (h*w patch grid), C channels, Hd heads, Dh head dim, H x W pixels.
 """
@@ -45,17 +47,20 @@ class RoPE2D(nn.Module):
 
     @staticmethod
     def rotate(t: torch.Tensor, tables: "RopeTables") -> torch.Tensor:
-        """t (..., B,Hd,N,Dh) -> t * cos + rotate_half(t) * sin, per axis half, with the official arithmetic.
-        Per half [a, b] the official code computes [a, b] * cos + [-b, a] * sin; we swap the quarters once,
-        [b_y, a_y, b_x, a_x], and carry the minus sign in the sin table: (-b) * s == b * (-s) exactly."""
-        cos, sin = tables.get(t.dtype)  # (B,1,N,Dh) each
-        swapped = rearrange(t, "... (ax half q) -> ... ax half q", ax=2, half=2).flip(-2)
-        swapped = rearrange(swapped, "... ax half q -> ... (ax half q)").mul_(sin)
-        return (t * cos).add_(swapped)
+        """t (..., B,N,Hd,Dh) -> t * cos + rotate_half(t) * sin, per axis half, with the official arithmetic.
+        In quarters [a_y, b_y, a_x, b_x] the official code computes, per axis, [a, b] * cos + [-b, a] * sin; the minus
+        sign lives in the sin table ((-b) * s == b * (-s) exactly) and each quarter adds its partner's product in place:
+        bitwise the same result as the official cat/chunk version, at half the memory traffic of a swapped copy."""
+        cos, sin = tables.get(t.dtype)  # (B,N,1,Dh) each
+        out = t * cos
+        q = t.shape[-1] // 4
+        for dst, src in ((0, 1), (1, 0), (2, 3), (3, 2)):
+            out[..., dst * q:(dst + 1) * q].add_(t[..., src * q:(src + 1) * q] * sin[..., dst * q:(dst + 1) * q])
+        return out
 
 
 class RopeTables:
-    """cos and signed sin per token, (B,1,N,Dh) covering both axes, cached per dtype: the official code casts the fp32
+    """cos and signed sin per token, (B,N,1,Dh) covering both axes, cached per dtype: the official code casts the fp32
     angles to the token dtype (bf16 under autocast) before cos/sin, and so do we. Angles are computed per token
     (pos * inv_freq, the same single fp32 product as the official table lookup) so that no table size has to be
     read back from the device: no host sync, nothing that breaks a torch.compile graph."""
@@ -70,9 +75,9 @@ class RopeTables:
         if dtype not in self.cache:
             a = self.angles.to(dtype)
             cos, sin = a.cos(), a.sin()
-            cos = rearrange(torch.stack((cos, cos), dim=-2), "b n ax half f -> b 1 n (ax half f)")
-            sin = rearrange(torch.stack((-sin, sin), dim=-2), "b n ax half f -> b 1 n (ax half f)")
-            self.cache[dtype] = cos, sin  # (B,1,N,Dh): [y, y, x, x] quarters; sin signed [-, +, -, +]
+            cos = rearrange(torch.stack((cos, cos), dim=-2), "b n ax half f -> b n 1 (ax half f)")
+            sin = rearrange(torch.stack((-sin, sin), dim=-2), "b n ax half f -> b n 1 (ax half f)")
+            self.cache[dtype] = cos, sin  # (B,N,1,Dh): [y, y, x, x] quarters; sin signed [-, +, -, +]
         return self.cache[dtype]
 
 
@@ -99,11 +104,17 @@ class Attention(nn.Module):
         self.qkv, self.proj = nn.Linear(dim, dim * 3), nn.Linear(dim, dim)
 
     def forward(self, x, rope):
-        qkv = rearrange(self.qkv(x), "b n (three hd dh) -> three b hd n dh", three=3, hd=self.num_heads)
-        q, k = RoPE2D.rotate(qkv[:2], rope)  # q and k in one pass, (B,Hd,N,Dh) each
-        v = qkv[2]
-        x = F.scaled_dot_product_attention(q, k, v)  # scale Dh^-0.5 as official (q@k^T)*scale
-        return self.proj(rearrange(x, "b hd n dh -> b n (hd dh)"))
+        qkv = rearrange(self.qkv(x), "b n (three hd dh) -> three b n hd dh", three=3, hd=self.num_heads)  # a view
+        q, k = RoPE2D.rotate(qkv[:2], rope)  # q and k in one pass, (B,N,Hd,Dh) each
+        return self.proj(_attend(q, k, qkv[2]))
+
+
+def _attend(q, k, v):
+    """(B,N,Hd,Dh) token-major q, k, v -> (B,N,C). SDPA (scale Dh^-0.5 as official (q@k^T)*scale) takes (B,Hd,N,Dh) views
+    and writes its output in the query's memory order: token-major in, token-major out, so merging the heads is a
+    view, not a copy (head-major q would cost a full copy of the tokens per attention on CPU)."""
+    x = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return rearrange(x, "b hd n dh -> b n (hd dh)")
 
 
 class CrossAttention(nn.Module):
@@ -114,28 +125,28 @@ class CrossAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x, y, rope_x, rope_y):
-        split = lambda t: rearrange(t, "b n (hd dh) -> b hd n dh", hd=self.num_heads)  # noqa: E731
+        split = lambda t: rearrange(t, "b n (hd dh) -> b n hd dh", hd=self.num_heads)  # noqa: E731  (a view)
         q = RoPE2D.rotate(split(self.projq(x)), rope_x)  # queries rotate with their own view's positions
         k = RoPE2D.rotate(split(self.projk(y)), rope_y)  # keys with the other view's
-        x = F.scaled_dot_product_attention(q, k, split(self.projv(y)))
-        return self.proj(rearrange(x, "b hd n dh -> b n (hd dh)"))
+        return self.proj(_attend(q, k, split(self.projv(y))))
+
+
+def _no_tap(stage, x):
+    return x
 
 
 class Block(nn.Module):
-    """Encoder block. `tap(stage, x)`, given only when a sub-block hook point of this block is requested, sees (and may
-    replace) the residual stream after the attention add ('attn') and after the MLP add ('mlp')."""
+    """Encoder block. `tap(stage, x)` sees (and may replace) the residual stream after the attention add ('attn') and
+    after the MLP add ('mlp'); the model passes a real one only when a sub-block point of this block is requested."""
 
     def __init__(self, dim, num_heads, mlp_ratio=4.0):
         super().__init__()
         self.norm1, self.attn = LayerNorm(dim), Attention(dim, num_heads)
         self.norm2, self.mlp = LayerNorm(dim), Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x, rope, tap=None):
-        x = x + self.attn(self.norm1(x), rope)
-        if tap is not None:
-            x = tap("attn", x)
-        x = x + self.mlp(self.norm2(x))
-        return x if tap is None else tap("mlp", x)
+    def forward(self, x, rope, tap=_no_tap):
+        x = tap("attn", x + self.attn(self.norm1(x), rope))
+        return tap("mlp", x + self.mlp(self.norm2(x)))
 
 
 class DecoderBlock(nn.Module):
@@ -149,16 +160,11 @@ class DecoderBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.norm_y = LayerNorm(dim) if norm_mem else nn.Identity()
 
-    def forward(self, x, y, rope_x, rope_y, tap=None):
-        x = x + self.attn(self.norm1(x), rope_x)
-        if tap is not None:
-            x = tap("attn", x)
+    def forward(self, x, y, rope_x, rope_y, tap=_no_tap):
+        x = tap("attn", x + self.attn(self.norm1(x), rope_x))
         y_ = self.norm_y(y)  # the other view's tokens, used as both keys and values
-        x = x + self.cross_attn(self.norm2(x), y_, rope_x, rope_y)
-        if tap is not None:
-            x = tap("cross_attn", x)
-        x = x + self.mlp(self.norm3(x))
-        return x if tap is None else tap("mlp", x)
+        x = tap("cross_attn", x + self.cross_attn(self.norm2(x), y_, rope_x, rope_y))
+        return tap("mlp", x + self.mlp(self.norm3(x)))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -316,28 +322,16 @@ class AsymmetricCroCo3DStereo(nn.Module):
         assert not late, f"encode() runs the encoder only; edits at {late} belong in decode()"
         return self._encode_views(views, _Taps(edits=edits))
 
-    def encode_from(self, name: str, tokens: list, encoded: list, *, edits: dict | None = None) -> list:
-        """The encoder finished from hook point `name` ('patch_embed', 'enc_blocks.<i>' or 'enc_norm'), given each
-        view's tokens there, e.g. an SAE reconstruction of them: what encode(*views, edits={name: ...}) returns,
-        without recomputing the part before `name`. `encoded` is encode(*views) of the same views (positions,
-        shapes); views are batched as encode() batched them, so the result is encode()'s exactly. `edits` may
-        name later encoder points."""
-        blocks = {"patch_embed": 0, "enc_norm": len(self.enc_blocks), **{
-            f"enc_blocks.{i}": i + 1 for i in range(len(self.enc_blocks))}}  # name -> first block still to run
-        if name not in blocks:
-            raise KeyError(f"encode_from starts after patch_embed, enc_blocks.<i> or enc_norm, not {name!r}")
-        edits = dict(edits or {})
-        self._check(edits)
-        taps = _Taps(edits=edits)
-        same = all(e.hw == encoded[0].hw for e in encoded)  # encode() batches the views iff their images share a size
-        out = []
-        for group in ([range(len(encoded))] if same else [[i] for i in range(len(encoded))]):
-            views = tuple(i + 1 for i in group)
-            x = torch.cat([tokens[i] for i in group])  # (G*B,N,Ce)
-            if name != "enc_norm":
-                x = self._encoder_blocks(x, torch.cat([encoded[i].pos for i in group]), views, taps, blocks[name])
-            out += [encoded[i]._replace(tokens=t) for i, t in zip(group, x.chunk(len(views)))]
-        return out
+    def encode_from(self, name: str, tokens: list, encoded: list) -> list:
+        """encode(*views, edits={name: ...}), bit for bit, without recomputing the encoder before `name` (patch_embed,
+        enc_blocks.<i> or enc_norm): `tokens` are the views' (edited) tokens there, `encoded` their encode()."""
+        depth = len(self.enc_blocks)
+        first = dict(patch_embed=0, enc_norm=depth, **{f"enc_blocks.{i}": i + 1 for i in range(depth)})  # next block
+        assert name in first and all(e.hw == encoded[0].hw for e in encoded), f"{name}: block output, one image size"
+        x, views = torch.cat(tokens), tuple(range(1, len(tokens) + 1))  # (V*B,N,Ce): as encode() batched the views
+        if name != "enc_norm":
+            x = self._encode_blocks(x, torch.cat([e.pos for e in encoded]), views, _Taps(), first[name])
+        return [e._replace(tokens=t) for e, t in zip(encoded, x.chunk(len(tokens)))]
 
     def decode(self, enc1: "Encoded", enc2: "Encoded", *, hooks=None, edits: dict | None = None):
         """Decoders and heads on encoded views: (res1, res2) as `forward`, or with `hooks` (decoder_embed onwards) a
@@ -348,13 +342,7 @@ class AsymmetricCroCo3DStereo(nn.Module):
         early = [n for n in names + list(edits) if self._order[n] < self._order["decoder_embed"]]
         assert not early, f"decode() starts at decoder_embed; {early} belong in encode() / forward_hooks()"
         taps = _Taps(edits=edits, record=names, order=self._order)
-        if not names:
-            return self._decode(enc1, enc2, taps, heads=True)
-        try:
-            self._decode(enc1, enc2, taps, heads=False)
-        except _Done:
-            pass
-        return taps.output(enc1.grid, enc2.grid)
+        return taps.run(lambda: self._decode(enc1, enc2, taps, heads=not names), lambda: (enc1.grid, enc2.grid))
 
     # ---------------------------------------------------------------- internals
     def _check(self, names):
@@ -362,18 +350,11 @@ class AsymmetricCroCo3DStereo(nn.Module):
         if bad:
             raise KeyError(f"unknown hook point(s) {bad}; valid: patch_embed, enc_blocks.0..{len(self.enc_blocks) - 1}, "
                            f"enc_norm, decoder_embed, dec_blocks.i, dec_blocks2.i (0..{len(self.dec_blocks) - 1}), dec_norm; "
-                           "inside a block (residual stream after each add): enc_blocks.i.attn|mlp, "
-                           "dec_blocks.i.attn|cross_attn|mlp, dec_blocks2.i.attn|cross_attn|mlp")
+                           "inside blocks: enc_blocks.i.attn|mlp, dec_blocks[2].i.attn|cross_attn|mlp (after each add)")
 
     def _run(self, view1, view2, taps):
-        if not taps.record:
-            return self._decode(*self._encode_views((view1, view2), taps), taps, heads=True)
-        try:
-            self._decode(*self._encode_views((view1, view2), taps), taps, heads=False)
-        except _Done:  # raised by taps right after the last point it records
-            pass
-        grids = [self.patch_embed.grid(v["img"], _true_shape(v, v["img"])) for v in (view1, view2)]
-        return taps.output(*grids)
+        return taps.run(lambda: self._decode(*self._encode_views((view1, view2), taps), taps, heads=not taps.record),
+                        lambda: [self.patch_embed.grid(v["img"], _true_shape(v, v["img"])) for v in (view1, view2)])
 
     def _encode_views(self, views, taps):
         """Encoded per view; same-size views go through as one batch, as official (it changes CPU numerics by ~1e-5)."""
@@ -400,10 +381,9 @@ class AsymmetricCroCo3DStereo(nn.Module):
 
     def _encode(self, img, true_shape, views, taps):
         x, pos = self.patch_embed(img, true_shape)  # (B,N,Ce), (B,N,2)
-        return self._encoder_blocks(taps("patch_embed", x, views), pos, views, taps, first=0), pos
+        return self._encode_blocks(taps("patch_embed", x, views), pos, views, taps, 0), pos
 
-    def _encoder_blocks(self, x, pos, views, taps, first):
-        """Encoder blocks first, first+1, ... and enc_norm on tokens x (B,N,Ce) at positions pos (B,N,2)."""
+    def _encode_blocks(self, x, pos, views, taps, first):  # encoder blocks first, first + 1, ..., then enc_norm
         rope = self.rope.tables(pos, self.enc_embed_dim // self.enc_blocks[0].attn.num_heads)
         for i in range(first, len(self.enc_blocks)):
             x = taps(f"enc_blocks.{i}", self.enc_blocks[i](x, rope, taps.inside(f"enc_blocks.{i}", views)), views)
@@ -494,21 +474,23 @@ class _Taps:
         return x
 
     def complete(self):
-        return all(t is not None for t in self.tokens[self.last][_branch_views(self.last)])
+        """Every view the last point carries is recorded (decoder branch 1 carries view 1 only, branch 2 view 2)."""
+        carried = (1,) if self.last.startswith("dec_blocks.") else (2,) if self.last.startswith("dec_blocks2.") else (1, 2)
+        return all(self.tokens[self.last][v - 1] is not None for v in carried)
 
     def inside(self, block, views):
-        """The tap a block calls at its sub-block points, or None (the fast path) when none of them is asked for."""
-        if block not in self.blocks:
-            return None
-        return lambda stage, x: self(f"{block}.{stage}", x, views)
+        """The tap a block calls at its sub-block points; the identity when none of them is asked for."""
+        return (lambda stage, x: self(f"{block}.{stage}", x, views)) if block in self.blocks else _no_tap
 
-    def output(self, grid1, grid2) -> HookOutput:
-        return HookOutput({k: tuple(v) for k, v in self.tokens.items()}, grid1, grid2)
-
-
-def _branch_views(name):
-    """Slice of (view 1, view 2) that hook point `name` carries: decoder branch 1 only view 1, branch 2 only view 2."""
-    return slice(1, 2) if name.startswith("dec_blocks2.") else slice(0, 1) if name.startswith("dec_blocks.") else slice(0, 2)
+    def run(self, forward, grids):
+        """forward()'s outputs; when recording, a HookOutput (forward stops by _Done after the last point needed)."""
+        if not self.record:
+            return forward()
+        try:
+            forward()
+        except _Done:
+            pass
+        return HookOutput({k: tuple(v) for k, v in self.tokens.items()}, *grids())
 
 
 def _init_weights(m):

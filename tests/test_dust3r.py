@@ -352,3 +352,22 @@ def test_compiles_without_graph_breaks(linear):
     with torch.no_grad():
         ref, got = linear(v1, v2), compiled(v1, v2)
     assert all(torch.equal(r[k], g[k]) for r, g in zip(ref, got) for k in r)
+
+
+def test_rope_rotation_is_bitwise_the_official_formula():
+    """croco's RoPE2D: per axis half, x * cos + cat(-x2, x1) * sin with cos/sin looked up from a (P, D) table."""
+    from models.dust3r import RoPE2D, _positions
+    B, h, w, Hd, Dh = 2, 3, 5, 4, 16
+    pos = _positions(B, h, w, "cpu")
+    t = torch.randn(B, h * w, Hd, Dh)
+    D = Dh // 2
+    inv = 1.0 / (100.0 ** (torch.arange(0, D, 2).float() / D))
+    freqs = torch.einsum("i,j->ij", torch.arange(max(h, w)).float(), inv)
+    freqs = torch.cat((freqs, freqs), dim=-1)  # (P, D)
+    halves = []
+    for axis, x in enumerate(t.chunk(2, dim=-1)):
+        cos = torch.nn.functional.embedding(pos[:, :, axis], freqs.cos())[:, :, None]  # (B,N,1,D)
+        sin = torch.nn.functional.embedding(pos[:, :, axis], freqs.sin())[:, :, None]
+        x1, x2 = x[..., :D // 2], x[..., D // 2:]
+        halves.append(x * cos + torch.cat((-x2, x1), dim=-1) * sin)
+    assert torch.equal(RoPE2D.rotate(t, RoPE2D(100.0).tables(pos, Dh)), torch.cat(halves, dim=-1))

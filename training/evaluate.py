@@ -131,14 +131,14 @@ class EvalSet:
     @torch.no_grad()
     def _encode(self, view1, view2):
         """A batch's clean state shared by its runs: (encode() of both views, clean tokens at an encoder hook per
-        view or None for a decoder hook); None for hook points inside an encoder block (full forwards then)."""
+        view or None for a decoder hook); None where model.encode_from cannot resume (full forwards then)."""
         (name, _), order = self.sources[0], self.model.hook_points.index
         v1, v2 = views_to(view1, self.device), views_to(view2, self.device)
         with autocast(self.device):
             if order(name) > order("enc_norm"):  # decoder hook: the whole encoder output is clean
                 return self.model.encode(v1, v2), None
-            if not re.fullmatch(r"patch_embed|enc_norm|enc_blocks\.\d+", name):
-                return None
+            if not re.fullmatch(r"patch_embed|enc_norm|enc_blocks\.\d+", name) or v1["img"].shape != v2["img"].shape:
+                return None  # inside a block, or views of two sizes (encoded apart): full forwards
             rec = {}
             return self.model.encode(v1, v2, edits={name: lambda t, v: rec.setdefault(v, t)}), [rec[1], rec[2]]
 
