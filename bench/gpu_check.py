@@ -104,7 +104,7 @@ def golden_check(device, tiny):
     import torch
     from safetensors.torch import load_file
 
-    from models.dust3r import load_dust3r
+    from models.loading import load_dust3r
     sys.path.insert(0, str(ROOT / "tests"))
     # the golden weights rule and tolerances live with the golden tests; one copy of them
     from test_dust3r import GOLDEN, OUTPUT_TOL, TOKENS_TOL, golden_name, load_case, synth_tensor
@@ -149,8 +149,31 @@ def golden_check(device, tiny):
                 fp32_ok=max(excess.values()) <= 0, bf16_max_rel_err=rel[worst], bf16_worst_tensor=worst,
                 bf16_max_rel_err_outputs=max(rel[k] for k in outputs), bf16_ok=rel[worst] <= BF16_TOL))
     shutil.rmtree(tmp, ignore_errors=True)
-    return dict(tokens_tol=TOKENS_TOL, outputs_tol=OUTPUT_TOL, bf16_tol=BF16_TOL, cases=rows,
-                all_ok=all(r["fp32_ok"] and r["bf16_ok"] for r in rows))
+    reuse = reuse_check(device)
+    return dict(tokens_tol=TOKENS_TOL, outputs_tol=OUTPUT_TOL, bf16_tol=BF16_TOL, cases=rows, encoder_reuse=reuse,
+                all_ok=all(r["fp32_ok"] and r["bf16_ok"] for r in rows) and all(r["identical"] for r in reuse))
+
+
+def reuse_check(device):
+    """The analysis' shared encoder pass (analysis/pairings.py) against three forwards on `device`, under the
+    scripts' autocast: identical tokens, grids and outputs expected (same batches, same kernels)."""
+    import torch
+
+    from analysis.pairings import pairing_tokens
+    from models.loading import load_dust3r
+    model = load_dust3r("random-tiny", device, landscape_only=True)
+    g = torch.Generator().manual_seed(0)
+    views = [dict(img=torch.rand(4, 3, 64, 96, generator=g) * 2 - 1, true_shape=torch.tensor([[64, 96]] * 4))
+             for _ in range(2)]
+    rows = []
+    for hooks in (("enc_blocks.1", "enc_blocks.1"), ("dec_blocks.1", "dec_blocks2.1")):
+        (got, res), (ref, res_ref) = (pairing_tokens(model, *views, hooks, controls=True, device=torch.device(device),
+                                                     reuse=r) for r in (True, False))
+        pairs = [(a, b) for p in got for a, b in zip(got[p], ref[p])] + [
+            (a[k], b[k]) for a, b in zip(res, res_ref) for k in a]
+        rows.append(dict(hooks=hooks, max_abs_diff=max(float((a.float() - b.float()).abs().max()) for a, b in pairs),
+                         identical=all(torch.equal(a, b) for a, b in pairs)))
+    return rows
 
 
 def section_correctness(args, deadline):
@@ -303,7 +326,13 @@ def md_correctness(res):
             "bf16 max rel err outputs | bf16 ok |", "|---|---|---|---|---|---|---|"] + [
         f"| {r['config']} | {r['case']} | {r['fp32_max_abs_err_tokens']:.2e} / {r['fp32_max_abs_err_outputs']:.2e} | "
         f"{r['fp32_ok']} | {r['bf16_max_rel_err']:.2e} ({r['bf16_worst_tensor']}) | {r['bf16_max_rel_err_outputs']:.2e} | "
-        f"{r['bf16_ok']} |" for r in res["cases"]]
+        f"{r['bf16_ok']} |" for r in res["cases"]] + md_reuse(res)
+
+
+def md_reuse(res):
+    return ["", "Shared encoder pass of the analysis vs three forwards (random-tiny, the scripts' autocast): " + "; ".join(
+        f"{r['hooks'][0]}: {'identical' if r['identical'] else 'max abs diff ' + format(r['max_abs_diff'], '.2e')}"
+        for r in res["encoder_reuse"]) + "."]
 
 
 def md_train(r):
