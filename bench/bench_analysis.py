@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from analysis.pairings import pairing_tokens  # noqa: E402
 from data import collate_pairs, make_dataset  # noqa: E402
 from models.loading import load_dust3r  # noqa: E402
-from training.hooks import hook_sources  # noqa: E402
+from training.hooks import view_sources  # noqa: E402
 
 
 def same(a, b):
@@ -53,8 +53,7 @@ def main():
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     rows = []
     for hook in args.hooks.split(","):
-        hooks = tuple(name for name, _ in hook_sources(hook, ("enc", "dec")))  # (slot-1 point, slot-2 point)
-        hooks = hooks * 2 if len(hooks) == 1 else hooks[:2]
+        hooks = view_sources(hook)  # (slot-1 point, slot-2 point), as analyze_results.py
         times, identical = {True: [], False: []}, True
         for r in range(args.rounds + 1):  # round 0 warms both paths up
             res = {}
