@@ -11,7 +11,8 @@ share comes from torch.profiler on one call (GEMM-like op intervals over the cal
 two calls and so survives a loaded machine.
 The official code (naver/dust3r with its croco submodule checked out at --official, never vendored) gets the same
 random weights via load_state_dict(strict=True); ours, official and the bare replay alternate within each round,
-and the fastest round of each is reported (load from other jobs only adds time; every round is in the JSON). Sizes: 224 -> 224_linear on 224x224 pairs, 512 -> 512_dpt on 512x384 pairs;
+and the fastest round of each is reported (load from other jobs only adds time; every round is in the JSON).
+Sizes: 224 -> 224_linear on 224x224 pairs, 512 -> 512_dpt on 512x384 pairs;
 fp32, torch.inference_mode(), inference variant (landscape_only=False), as the released checkpoints load.
 """
 import argparse
@@ -48,7 +49,8 @@ class Recorder(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in GEMMS:
-            keep = lambda a: a if not isinstance(a, torch.Tensor) or id(a) in self.params else ("shape", a.shape)  # noqa: E731
+            def keep(a):
+                return a if not isinstance(a, torch.Tensor) or id(a) in self.params else ("shape", a.shape)
             self.calls.append((func, [keep(a) for a in args], {k: keep(v) for k, v in kwargs.items()}))
         return func(*args, **kwargs)
 
@@ -106,7 +108,7 @@ def build(size, batch, official_dir):
     ours = AsymmetricCroCo3DStereo(**TRUNK, **kw).eval()
     g = torch.Generator().manual_seed(1)
     views = [dict(img=torch.rand(batch, 3, H, W, generator=g) * 2 - 1, true_shape=torch.tensor([[H, W]] * batch),
-                  instance=[f"{v}{i}" for i in range(batch)]) for v in "ab"]  # distinct instances: no symmetrized shortcut
+                  instance=[f"{v}{i}" for i in range(batch)]) for v in "ab"]  # distinct: no symmetrized shortcut
     official = None
     if official_dir:
         official = import_official(official_dir)(**TRUNK, **kw).eval()
@@ -162,7 +164,8 @@ def main():
                     help="a naver/dust3r checkout with its croco submodule ('' = skip the official code)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--cpu_time", action="store_true",
-                    help="time with the process's CPU seconds instead of wall-clock: on a machine loaded by other jobs, "
+                    help="time with the process's CPU seconds instead of wall-clock: on a machine loaded by other "
+                         "jobs, "
                          "with --threads 1, this measures the work done rather than the time spent waiting for a core")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     args = ap.parse_args()
@@ -181,8 +184,9 @@ def main():
             rows.append(r)
             f = lambda k, fmt: format(r[k], fmt) if k in r else "-"  # noqa: E731
             H, W = SIZES[size][1]
-            print(f"| {W}x{H} | {batch} | {f('ours_s', '.2f')} | {f('official_s', '.2f')} | {f('official_over_ours', '.2f')} | "
-                  f"{f('bare_s', '.2f')} | {pct(r, 'ours')} | {pct(r, 'official')} |", flush=True)
+            print(f"| {W}x{H} | {batch} | {f('ours_s', '.2f')} | {f('official_s', '.2f')} | "
+                  f"{f('official_over_ours', '.2f')} | {f('bare_s', '.2f')} | {pct(r, 'ours')} | "
+                  f"{pct(r, 'official')} |", flush=True)
             if r["max_abs_diff_vs_official"] is not None:
                 print(f"  max |ours - official| over pts3d/conf: {r['max_abs_diff_vs_official']:.2e}", flush=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fastest of {args.iters} rounds, "

@@ -18,8 +18,8 @@ def _upsample2(x):
 
 
 class ResidualConvUnit(nn.Module):
-    """relu -> conv3x3 -> relu -> conv3x3, plus the input. The first ReLU allocates (x is reused by the skip); the second
-    and the skip add write into the convolutions' fresh outputs (at 512x384 each saves a ~100 MB allocation)."""
+    """relu -> conv3x3 -> relu -> conv3x3, plus the input. The first ReLU allocates (x is reused by the skip); the
+    second and the skip add write into the convolutions' fresh outputs (at 512x384 each saves a ~100 MB allocation)."""
 
     def __init__(self, c):
         super().__init__()

@@ -28,7 +28,7 @@ from models.dpt import DPTHead
 
 Edit = Callable[[torch.Tensor, int], torch.Tensor]  # (tokens (B,N,C), view 1|2) -> tokens (B,N,C)
 HookOutput = namedtuple("HookOutput", ["tokens", "grid1", "grid2"])
-# one view after the encoder: tokens (B,N,Ce) after enc_norm, pos (B,N,2), true_shape and grid (B,2), hw the tensor's (H, W)
+# one view after the encoder: tokens (B,N,Ce) after enc_norm, pos (B,N,2), true_shape and grid (B,2), hw = tensor (H, W)
 Encoded = namedtuple("Encoded", ["tokens", "pos", "true_shape", "grid", "hw"])
 
 
@@ -110,7 +110,7 @@ class Attention(nn.Module):
 
 
 def _attend(q, k, v):
-    """(B,N,Hd,Dh) token-major q, k, v -> (B,N,C). SDPA (scale Dh^-0.5 as official (q@k^T)*scale) takes (B,Hd,N,Dh) views
+    """(B,N,Hd,Dh) token-major q, k, v -> (B,N,C). SDPA (scale Dh^-0.5, as official) takes (B,Hd,N,Dh) views
     and writes its output in the query's memory order: token-major in, token-major out, so merging the heads is a
     view, not a copy (head-major q would cost a full copy of the tokens per attention on CPU)."""
     x = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
@@ -150,7 +150,7 @@ class Block(nn.Module):
 
 
 class DecoderBlock(nn.Module):
-    """Decoder block of one branch: x reads the other view's tokens y. `tap` as in Block, at 'attn', 'cross_attn', 'mlp'."""
+    """Decoder block of one branch: x reads the other view's tokens y. `tap` as in Block: attn, cross_attn, mlp."""
 
     def __init__(self, dim, num_heads, mlp_ratio=4.0, norm_mem=True):
         super().__init__()
@@ -349,8 +349,8 @@ class AsymmetricCroCo3DStereo(nn.Module):
         bad = [n for n in names if n not in self._order]
         if bad:
             raise KeyError(f"unknown hook point(s) {bad}; valid: patch_embed, enc_blocks.0..{len(self.enc_blocks) - 1}, "
-                           f"enc_norm, decoder_embed, dec_blocks.i, dec_blocks2.i (0..{len(self.dec_blocks) - 1}), dec_norm; "
-                           "inside blocks: enc_blocks.i.attn|mlp, dec_blocks[2].i.attn|cross_attn|mlp (after each add)")
+                           f"enc_norm, decoder_embed, dec_blocks.i, dec_blocks2.i (0..{len(self.dec_blocks) - 1}), "
+                           "dec_norm; in blocks: enc_blocks.i.attn|mlp, dec_blocks[2].i.attn|cross_attn|mlp")
 
     def _run(self, view1, view2, taps):
         return taps.run(lambda: self._decode(*self._encode_views((view1, view2), taps), taps, heads=not taps.record),
@@ -475,7 +475,8 @@ class _Taps:
 
     def complete(self):
         """Every view the last point carries is recorded (decoder branch 1 carries view 1 only, branch 2 view 2)."""
-        carried = (1,) if self.last.startswith("dec_blocks.") else (2,) if self.last.startswith("dec_blocks2.") else (1, 2)
+        branch = self.last.split(".")[0]
+        carried = {"dec_blocks": (1,), "dec_blocks2": (2,)}.get(branch, (1, 2))
         return all(self.tokens[self.last][v - 1] is not None for v in carried)
 
     def inside(self, block, views):

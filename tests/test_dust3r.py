@@ -304,7 +304,8 @@ def test_sub_block_splice_identity_zero_and_gradients(linear):
     delta = torch.zeros(32, requires_grad=True)
     seen = []
     with torch.enable_grad():
-        _, res2 = linear.forward_spliced(v1, v2, {"dec_blocks2.1.cross_attn": lambda t, v: (seen.append(v), t + delta)[1]})
+        edit = {"dec_blocks2.1.cross_attn": lambda t, v: (seen.append(v), t + delta)[1]}
+        _, res2 = linear.forward_spliced(v1, v2, edit)
         res2["pts3d_in_other_view"].sum().backward()
     assert seen == [2] and delta.grad.abs().sum() > 0
 

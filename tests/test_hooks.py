@@ -35,11 +35,13 @@ def test_parse_hook_and_its_users():
 
 def test_sub_block_hook_names():
     dec = ("dec_blocks.", "dec_blocks2.", "dec_blocks*.")
-    assert parse_hook("dec_blocks*.5.cross_attn") == ("dec_blocks*", 5) and parse_hook("enc_blocks.3.mlp") == ("enc_blocks", 3)
-    for bad in ("enc_blocks.3.cross_attn", "enc_norm.attn", "dec_blocks.5.ffn", "dec_blocks.5.attn.x", "enc_blocks.x.attn"):
+    assert parse_hook("dec_blocks*.5.cross_attn") == ("dec_blocks*", 5)
+    assert parse_hook("enc_blocks.3.mlp") == ("enc_blocks", 3)
+    for bad in ("enc_blocks.3.cross_attn", "enc_norm.attn", "dec_blocks.5.ff", "dec_blocks.5.attn.x", "enc_blocks.x.y"):
         with pytest.raises(ValueError, match="expected one of"):
             parse_hook(bad)
-    assert hook_sources("dec_blocks*.5.cross_attn", dec) == [("dec_blocks.5.cross_attn", 1), ("dec_blocks2.5.cross_attn", 2)]
+    both = [("dec_blocks.5.cross_attn", 1), ("dec_blocks2.5.cross_attn", 2)]
+    assert hook_sources("dec_blocks*.5.cross_attn", dec) == both
     assert hook_sources("dec_blocks2.5.attn", dec) == [("dec_blocks2.5.attn", 2)]
     assert hook_sources("enc_blocks.3.attn", ("enc_blocks.",)) == [("enc_blocks.3.attn", 1), ("enc_blocks.3.attn", 2)]
     assert view_sources("dec_blocks.5.mlp") == ("dec_blocks.5.mlp", "dec_blocks2.5.mlp")
