@@ -44,7 +44,7 @@ split = "test"                # held-out split ('test' is the dataset's 'val' fo
 batch_size = 8                # pairs per DUSt3R forward
 correspondence = "auto"       # 'auto' (ground truth where the data has geometry, + predicted) | 'gt' | 'pred'
 controls = True               # also run every pair as (B, A) and (A, A): slot-swap and identical-image controls
-reuse_encoder = True          # the encoder runs once per image for all three pairings; False: three full passes (timing)
+reuse_encoder = True          # encoder once per image for all three pairings; False: three full forwards (timing)
 n_perm = 200                  # draws of the shuffled-correspondence null (permutation p-values, >= 200)
 min_support = 50              # firing matched patches needed in each view before a latent is tested
 n_cards = 48                  # latents that get pictures in latents/ and a card in index.html

@@ -26,7 +26,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 VIT_L = dict(enc_depth=24, dec_depth=12, enc_embed_dim=1024, dec_embed_dim=768, enc_num_heads=16, dec_num_heads=12)
-TINY = dict(enc_depth=2, dec_depth=10, enc_embed_dim=48, dec_embed_dim=32, enc_num_heads=3, dec_num_heads=2)  # golden dpt
+TINY = dict(enc_depth=2, dec_depth=10, enc_embed_dim=48, dec_embed_dim=32, enc_num_heads=3, dec_num_heads=2)  # golden
 ARCHS = {  # trunk + head; input (H, W) of the pair's images
     "512_dpt": (dict(VIT_L, head_type="dpt"), (384, 512)),  # the released models' trunks
     "224_linear": (dict(VIT_L, head_type="linear"), (224, 224)),
@@ -133,8 +133,8 @@ def main():
     for device in devices:
         for arch in args.arch:
             for mode in args.mode:
-                for dtype, compile in itertools.product(args.dtype or (["fp32"] if device == "cpu" else ["fp32", "bf16"]),
-                                                        args.compile):
+                dtypes = args.dtype or (["fp32"] if device == "cpu" else ["fp32", "bf16"])
+                for dtype, compile in itertools.product(dtypes, args.compile):
                     cfg = dict(arch=arch, device=device, dtype=dtype, mode=mode, compile=compile,
                                batch=args.batch or (1 if device == "cpu" else 8),
                                iters=args.iters or (3 if device == "cpu" else 20))

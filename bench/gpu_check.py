@@ -64,7 +64,8 @@ def run_cmd(cmd, timeout, log=None):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             err.seek(0)
-            raise SectionTimeout(f"{Path(str(cmd[1])).name} killed after {timeout:.0f} s\n{err.read()[-1500:]}") from None
+            name = Path(str(cmd[1])).name
+            raise SectionTimeout(f"{name} killed after {timeout:.0f} s\n{err.read()[-1500:]}") from None
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
@@ -284,7 +285,8 @@ def section_pipeline(args, deadline):
     workers = max(1, min(12, (os.cpu_count() or 2) - 2))
     flags = (["--checkpoint=random-tiny", "--pairs=4", "--buffer_pairs=4", "--dust3r_batch=2", "--batch_size=256",
               "--num_workers=0", "--expansion=4", "--k=4", "--decoder_hook=dec_blocks*.1"] if args.tiny else
-             ["--pairs=256", "--buffer_pairs=128", "--dust3r_batch=32", "--batch_size=16384", f"--num_workers={workers}"])
+             ["--pairs=256", "--buffer_pairs=128", "--dust3r_batch=32", "--batch_size=16384",
+              f"--num_workers={workers}"])
     run_cmd([sys.executable, "-m", "bench.bench_pipeline", f"--device={args.device}", *flags, "--out", out],
             left(deadline), args.out / "logs" / "bench_pipeline.log")
     return json.loads(out.read_text())
@@ -325,12 +327,13 @@ def md_correctness(res):
             "| config | case | fp32 max abs err tokens / outputs | fp32 ok | bf16 max rel err (tensor) | "
             "bf16 max rel err outputs | bf16 ok |", "|---|---|---|---|---|---|---|"] + [
         f"| {r['config']} | {r['case']} | {r['fp32_max_abs_err_tokens']:.2e} / {r['fp32_max_abs_err_outputs']:.2e} | "
-        f"{r['fp32_ok']} | {r['bf16_max_rel_err']:.2e} ({r['bf16_worst_tensor']}) | {r['bf16_max_rel_err_outputs']:.2e} | "
+        f"{r['fp32_ok']} | {r['bf16_max_rel_err']:.2e} ({r['bf16_worst_tensor']}) | "
+        f"{r['bf16_max_rel_err_outputs']:.2e} | "
         f"{r['bf16_ok']} |" for r in res["cases"]] + md_reuse(res)
 
 
 def md_reuse(res):
-    return ["", "Shared encoder pass of the analysis vs three forwards (random-tiny, the scripts' autocast): " + "; ".join(
+    return ["", "Shared encoder pass of the analysis vs three forwards (random-tiny, autocast): " + "; ".join(
         f"{r['hooks'][0]}: {'identical' if r['identical'] else 'max abs diff ' + format(r['max_abs_diff'], '.2e')}"
         for r in res["encoder_reuse"]) + "."]
 
@@ -369,8 +372,9 @@ def md_sae(r):
 def md_pipeline(r):
     return ["| pipeline side | hook | pairs/s | SAE tokens/s | data / DUSt3R / SAE share | DUSt3R alone pairs/s |",
             "|---|---|---|---|---|---|"] + [
-        f"| {x['side']} | `{x['hook']}` | {x['pairs_per_s']:.2f} | {x['tokens_per_s']:.0f} | {x['share']['data']:.0%} / "
-        f"{x['share']['dust3r']:.0%} / {x['share']['sae']:.0%} | {x['dust3r_pairs_per_s']:.2f} |" for x in r["runs"]]
+        f"| {x['side']} | `{x['hook']}` | {x['pairs_per_s']:.2f} | {x['tokens_per_s']:.0f} | "
+        f"{x['share']['data']:.0%} / {x['share']['dust3r']:.0%} / {x['share']['sae']:.0%} | "
+        f"{x['dust3r_pairs_per_s']:.2f} |" for x in r["runs"]]
 
 
 MARKDOWN = dict(correctness=md_correctness, train=md_train, analysis=md_analysis, dust3r=md_dust3r, sae=md_sae,

@@ -54,7 +54,8 @@ def test_failing_section_is_recorded_and_the_next_runs():
 
 def test_timeout_kills_the_section_and_its_children(tmp_path):
     pid_file = tmp_path / "child.pid"
-    code = ("import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+    code = ("import subprocess, sys, time; "
+            "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
             f"open({str(pid_file)!r}, 'w').write(str(c.pid)); time.sleep(60)")
     t0 = time.time()
     rec = gpu_check.run_section("slow", lambda deadline: gpu_check.run_cmd([sys.executable, "-c", code],
@@ -74,7 +75,8 @@ def test_markdown_lists_failed_sections_with_their_error():
         device="cpu", torch="2", cuda=None, cpu_count=2, git_commit="abc", date_utc="now"), sections=dict(
         sae=dict(status="ok", seconds=1.0, budget_s=5, result=dict(results=[dict(
             d_in=32, n_latents=128, variant="topk", batch=256, bf16=False, ms_per_step=3.0, tokens_per_s=85333.3)])),
-        pipeline=dict(status="timeout", seconds=5.0, budget_s=5, error="bench_pipeline.py killed after 5 s\nlast line")))
+        pipeline=dict(status="timeout", seconds=5.0, budget_s=5,
+                      error="bench_pipeline.py killed after 5 s\nlast line")))
     md = gpu_check.markdown(report)
     assert "| sae | ok | 1 | 5 |" in md and "| pipeline | timeout | 5 | 5 |" in md
     assert "| 32 -> 128 | topk | 256 | False | 3.00 | 85333 |" in md
