@@ -223,7 +223,7 @@ def section_analysis(args, deadline):
     run_dir = args.out / "train" / "gc-enc"
     if not (run_dir / "sae.safetensors").exists():
         raise FileNotFoundError(f"{run_dir}: no trained SAE (the train section failed)")
-    flags = (["--n_pairs=8", "--n_perm=20", "--min_support=5", "--n_cards=4", "--n_ply=1", "--batch_size=4"]
+    flags = (["--n_pairs=8", "--n_max=200", "--min_support=5", "--n_cards=4", "--n_ply=1", "--batch_size=4"]
              if args.tiny else ["--n_pairs=64", "--batch_size=16", "--n_cards=8", "--n_ply=2"])
     t0 = time.time()
     run_cmd([sys.executable, "analyze_results.py", run_dir, *flags, f"--device={args.device}"],

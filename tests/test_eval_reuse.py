@@ -75,7 +75,7 @@ def test_eval_runs_equal_full_spliced_forwards(model, hook):
     assert state is None or (state[1] is None) == hook.startswith("dec")
     assert (ev.encoded[1] is None) == (not hook.startswith("dec"))  # two sizes: encoder hooks take full forwards
     out = evaluate(sae, ev)
-    assert math.isfinite(out["L_sae_vs_clean"]) and out["L_clean_vs_clean"] == ev.loss_clean["clean"]
+    assert math.isfinite(out["L_sae_vs_clean"]) and out["L_clean_vs_clean"] == ev.loss_clean["clean"].value()
 
 
 def test_decoder_hook_evals_skip_the_encoder(model):
