@@ -34,7 +34,7 @@ from data import make_dataset
 from models.sae import SAE, SAEConfig
 from workbench.activations import (build_dust3r, cache_identity, check_hook, hook_sources, pooled_branches,
                                    token_stream)
-from workbench.config import apply_overrides, constants
+from workbench.config import apply_overrides, constants, require, require_positive
 from workbench.evaluate import EvalSet, evaluate
 from workbench.runs import (Checkpoints, GracefulStop, TrainProgress, cleanup_ddp, log_data_summary, log_eval, lr_at,
                             plot_curves, sae_step, start_run)
@@ -83,6 +83,12 @@ seed = 0                     # SAE init and token shuffling (the dataset itself 
 # -----------------------------------------------------------------------------------------------------
 config = apply_overrides(constants(globals()), sys.argv[1:], doc=__doc__)
 globals().update(config)
+# values that cannot work stop here, before any model is loaded or any file is written
+require_positive(config, "train_tokens", "batch_size", "expansion", "k", "buffer_pairs", "dust3r_batch", "eval_pairs",
+                 "eval_every", "log_every", "ckpt_every", "init_tokens", "lr")
+require(train_tokens >= batch_size, "train_tokens", train_tokens, f">= batch_size ({batch_size}), one optimizer step",
+        "raise --train_tokens or lower --batch_size")
+require(num_workers >= 0 and max_steps >= 0, "num_workers/max_steps", (num_workers, max_steps), "values >= 0")
 
 # derived values: the hook's branch(es), the run name, the schedule
 sources = hook_sources(hook, ("dec_blocks.", "dec_blocks2.", "dec_blocks*."))  # [(hook point, branch)]
@@ -92,8 +98,8 @@ total_steps = train_tokens // batch_size
 warmup = min(warmup_steps, total_steps // 10)  # at most 10% of the run
 dead_window = min(dead_tokens, max(batch_size, train_tokens // 20))  # at most 5% of the run
 run, rank, world, dev = start_run(os.path.join(out_dir, run_name), config, device, seed, __file__)
-if buffer_pairs // world % dust3r_batch:
-    raise ValueError(f"dust3r_batch={dust3r_batch} must divide buffer_pairs/world = {buffer_pairs // world}")
+require(buffer_pairs % world == 0 and buffer_pairs // world % dust3r_batch == 0, "dust3r_batch", dust3r_batch,
+        f"a divisor of buffer_pairs / world size = {buffer_pairs} / {world}", "change --dust3r_batch or --buffer_pairs")
 
 # data: the frozen DUSt3R, held-out pairs, the stream of the branch tokens (from DUSt3R or the cache)
 model = build_dust3r(checkpoint, dev, seed=seed, log=run.log)  # frozen; decoder hooks need its encoder too
@@ -114,6 +120,7 @@ sae = SAE(SAEConfig(d_in=d_in, n_latents=expansion * d_in, kind=sae_kind, k=k, a
 optimizer = torch.optim.Adam(sae.parameters(), lr=lr)  # pooled: one SAE and optimizer for both branches
 ckpt = Checkpoints(run, sae, optimizer, config, batch_size, tokens_per_pair)
 step = ckpt.resume_or_init(dev, init_sample=lambda: stream.init_sample(init_tokens))  # pooled: mixes both branches
+run.begin(step)  # the run is valid: only now config.yaml, log.txt and metrics.jsonl are written (rank 0)
 run.log(f"SAE {sae_kind} {d_in} -> {sae.cfg.n_latents} (k={k}); {total_steps} steps of {batch_size} tokens; "
         f"{tokens_per_pair} tokens per pair; world size {world}")
 

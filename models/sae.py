@@ -15,6 +15,7 @@ to them removed (openai, sparsify, saev), inputs mean-centred and scaled so E||x
 import dataclasses
 import json
 import math
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -93,6 +94,19 @@ class _TopKEncode(torch.autograd.Function):
             grad_x = F.embedding_bag(idx, W_enc.t().contiguous(), per_sample_weights=g,
                                      mode="sum").to(x_in.dtype)                    # (B, D)
         return grad_x, grad_W.t().contiguous(), grad_b, None
+
+
+def save_atomic(path, write):
+    """write(tmp_path), then give the file the usual mode (0644 under umask 022; safetensors writes 0600) and
+    rename it over `path`: an interrupted save leaves the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+    return path
 
 
 class SAE(nn.Module):
@@ -279,10 +293,10 @@ class SAE(nn.Module):
             t["b_enc"], t["threshold"] = t["b_enc"] / s, t["threshold"] / s
             t["b_dec"] = t["norm_mean"] + t["b_dec"] / s
             t["norm_mean"], t["norm_scale"] = torch.zeros_like(t["norm_mean"]), torch.ones_like(s)
-        save_file(t, str(path / "sae.safetensors"))
         meta = {"format": "dust3r-sae", "version": 1, "normalisation_folded": fold,
                 "config": dataclasses.asdict(self.cfg)}
-        (path / "sae_config.json").write_text(json.dumps(meta, indent=2))
+        save_atomic(path / "sae_config.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
+        save_atomic(path / "sae.safetensors", lambda tmp: save_file(t, str(tmp)))
 
     @classmethod
     def load(cls, path, device="cpu") -> "SAE":

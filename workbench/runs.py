@@ -11,6 +11,7 @@ at the end of every invocation), sae.safetensors + sae_config.json (models/sae.p
 checkpoint/ (trainer state for resume).
 """
 import json
+import math
 import os
 import platform
 import random
@@ -24,6 +25,9 @@ import torch
 import torch.distributed as dist
 import yaml
 from safetensors.torch import load_file, save_file
+
+from models.sae import save_atomic
+from workbench.config import UserError, resolve_device
 
 
 # ------------------------------------------------------------------------------------------------
@@ -50,25 +54,54 @@ def describe_device(device):
 
 
 class Run:
-    """The run folder and its log. Only rank 0 writes; other ranks get a Run whose methods do nothing."""
+    """The run folder and its log. Only rank 0 writes; other ranks get a Run whose methods do nothing.
+
+    Nothing is written before `begin()`, which the scripts call once the run is known to be valid (config
+    checked against the checkpoint, model, hook and datasets resolved): until then log lines are only
+    printed and kept, so a refused or failed start leaves an existing run folder exactly as it was and
+    creates no folder at all."""
 
     def __init__(self, run_dir, active=True):
         self.dir, self.active = run_dir, active
-        if active:
-            os.makedirs(run_dir, exist_ok=True)
+        self.started, self._pending, self._header = False, [], None
 
     def log(self, msg):
         if not self.active:
             return
         from tqdm import tqdm
         tqdm.write(msg)  # keeps an active progress bar intact
+        if not self.started:
+            self._pending.append(msg)
+            return
         with open(os.path.join(self.dir, "log.txt"), "a") as f:
             f.write(msg + "\n")
 
-    def header(self, config, device, script_path, world_size=1):
-        """First lines of log.txt (appended again on resume) and the resolved config.yaml."""
+    def begin(self, step):
+        """Create the folder, write config.yaml and the log header (plus the lines logged so far), and cut
+        metrics.jsonl back to the records of steps <= `step` (the checkpoint resumed from; 0 for a fresh start),
+        so a run resumed after a kill has no duplicate rows."""
         if not self.active:
             return
+        os.makedirs(self.dir, exist_ok=True)
+        self.started = True
+        self._write_header(*self._header)
+        for msg in self._pending:
+            with open(os.path.join(self.dir, "log.txt"), "a") as f:
+                f.write(msg + "\n")
+        self._pending = []
+        path = os.path.join(self.dir, "metrics.jsonl")
+        if os.path.exists(path):
+            with open(path) as f:  # a line cut by a kill -9 is dropped; so are records after the checkpoint
+                lines = [line for line in f if line.endswith("\n") and _step_of(line) <= step]
+            with open(path + ".tmp", "w") as f:
+                f.writelines(lines)
+            os.replace(path + ".tmp", path)
+
+    def header(self, config, device, script_path, world_size=1):
+        """Remember what begin() writes: the first lines of log.txt (appended again on resume) and config.yaml."""
+        self._header = (config, device, script_path, world_size)
+
+    def _write_header(self, config, device, script_path, world_size):
         commit, dirty = git_state(os.path.dirname(os.path.abspath(script_path)))
         import numpy, safetensors
         lines = [f"git commit: {commit}  dirty: {dirty}  ({time.strftime('%Y-%m-%d %H:%M:%S %Z')})",
@@ -77,8 +110,9 @@ class Run:
                  f"device: {describe_device(device)}  world_size: {world_size}  host: {platform.node()}",
                  "command: " + " ".join([os.path.basename(sys.executable)] + sys.argv),
                  "config: " + json.dumps(config)]
-        with open(os.path.join(self.dir, "config.yaml"), "w") as f:
+        with open(os.path.join(self.dir, "config.yaml.tmp"), "w") as f:
             yaml.safe_dump(config, f, sort_keys=False)
+        os.replace(os.path.join(self.dir, "config.yaml.tmp"), os.path.join(self.dir, "config.yaml"))
         with open(script_path) as f:
             source = f.read()
         with open(os.path.join(self.dir, "log.txt"), "a") as f:
@@ -89,13 +123,25 @@ class Run:
     def metrics(self, record):
         """Append one JSON object to metrics.jsonl (floats, ints, lists and strings only)."""
         if self.active:
+            assert self.started, "metrics before Run.begin()"
             with open(os.path.join(self.dir, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
 
 
+def _step_of(line):
+    try:
+        return json.loads(line).get("step", 0)
+    except json.JSONDecodeError:
+        return math.inf  # a garbled line is dropped
+
+
 def start_run(run_dir, config, device_name, seed, script_path):
-    """-> (run, rank, world_size, device): DDP set-up (under torchrun), the run folder (rank 0 writes), the
-    seed, and the log.txt header + config.yaml."""
+    """-> (run, rank, world_size, device): the device (a missing GPU is a user error), DDP set-up (under
+    torchrun), the seed, and a Run that writes nothing until run.begin(). A checkpoint of this run with a
+    different config is refused here, before any model is loaded."""
+    state = os.path.join(run_dir, "checkpoint", "state.json")
+    if os.path.exists(state):
+        check_resume_config(read_state(state)["config"], config, os.path.dirname(state))
     rank, world_size, device = setup_ddp(device_name)
     run = Run(run_dir, active=rank == 0)
     seed_everything(seed)
@@ -125,10 +171,9 @@ def lr_at(step, total_steps, lr, warmup_steps, decay_frac):
 
 def setup_ddp(device_name):
     """-> (rank, world_size, device). Initialises the process group when launched by torchrun."""
+    device = resolve_device(device_name)  # a user error when 'cuda' is asked for and there is no GPU
     if "RANK" not in os.environ:
-        if device_name == "auto":
-            device_name = "cuda" if torch.cuda.is_available() else "cpu"
-        return 0, 1, torch.device(device_name)
+        return 0, 1, device
     local_rank = int(os.environ["LOCAL_RANK"])
     use_cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
     if use_cuda:
@@ -188,8 +233,7 @@ def save_checkpoint(ckpt_dir, sae, optimizer, state):
             tensors[f"optim.{idx}.{name}"] = torch.as_tensor(v).cpu().contiguous()
     tensors["rng.torch"] = torch.get_rng_state()
     fname = f"state_{state['step']:08d}.safetensors"
-    save_file(tensors, os.path.join(ckpt_dir, fname + ".tmp"))
-    os.replace(os.path.join(ckpt_dir, fname + ".tmp"), os.path.join(ckpt_dir, fname))
+    save_atomic(os.path.join(ckpt_dir, fname), lambda tmp: save_file(tensors, str(tmp)))
     meta = {**state, "tensors": fname, "param_groups": opt["param_groups"]}
     with open(os.path.join(ckpt_dir, "state.json.tmp"), "w") as f:
         json.dump(meta, f, indent=1)
@@ -209,14 +253,29 @@ def check_resume_config(saved, config, path):
                      if k not in RESUMABLE_CHANGES and saved.get(k) != config.get(k))
     if changed:
         diff = ", ".join(f"{k}: {saved.get(k)!r} -> {config.get(k)!r}" for k in changed)
-        raise ValueError(f"{path}: cannot resume with a different config ({diff}); use another run_name")
+        raise UserError(f"{path}: cannot resume with a different config ({diff}); nothing was changed in the run "
+                        f"folder. Rerun with the saved values, or pass --run_name=<new name> for a new run")
+
+
+def read_state(path):
+    """checkpoint/state.json, with a clear error when it is not valid JSON."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e}); the checkpoint is damaged: restore it, or delete the "
+                        f"checkpoint/ folder to start the run again") from None
 
 
 def load_checkpoint(ckpt_dir, sae, optimizer, device):
     """Restore SAE, optimizer and torch RNG in place; return the JSON state (step, data position, ...)."""
-    with open(os.path.join(ckpt_dir, "state.json")) as f:
-        meta = json.load(f)
-    tensors = load_file(os.path.join(ckpt_dir, meta["tensors"]))
+    meta = read_state(os.path.join(ckpt_dir, "state.json"))
+    path = os.path.join(ckpt_dir, meta["tensors"])
+    try:
+        tensors = load_file(path)
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own types for truncated/corrupt files
+        raise UserError(f"{path}: cannot read the checkpoint tensors ({type(e).__name__}: {e}); the file is "
+                        f"damaged: restore it, or delete the checkpoint/ folder to start the run again") from None
     sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
     state = {}
     for key, v in tensors.items():
