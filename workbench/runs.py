@@ -84,7 +84,8 @@ class Run:
             return
         os.makedirs(self.dir, exist_ok=True)
         self.started = True
-        self._write_header(*self._header)
+        if self._header:
+            self._write_header(*self._header)
         for msg in self._pending:
             with open(os.path.join(self.dir, "log.txt"), "a") as f:
                 f.write(msg + "\n")
