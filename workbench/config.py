@@ -13,7 +13,7 @@ Typical use, right after a script's constants block:
     require_positive(config, "batch_size", "k")   # values that cannot work stop here, before any model loads
 
 User errors: `apply_overrides` installs an exception hook so that an error the repo's own code raises on
-purpose (ValueError, KeyError or OSError whose raising frame is in this repository: a bad value, a bad
+purpose (ValueError, KeyError, OSError or RuntimeError whose raising frame is in this repository: a bad value, a bad
 file, a missing device) prints as one line `error: ...` and exits with status 2, without a traceback.
 Anything else (a bug, an error inside torch or numpy) keeps its traceback. `--debug=True` on the command
 line or the environment variable SAE_DEBUG=1 shows the traceback of user errors too.
@@ -26,6 +26,7 @@ import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # files under here raise user errors
 DEBUG_ENV = "SAE_DEBUG"  # SAE_DEBUG=1: tracebacks for user errors too (as --debug=True)
+USER_ERROR_TYPES = (ValueError, KeyError, OSError, RuntimeError)  # user errors when the repo raises them
 USER_ERROR_EXIT = 2  # exit status of a user error (as argparse's)
 
 
@@ -43,7 +44,7 @@ def _raised_by_repo(exc):
 
 
 def _excepthook(exc_type, exc, tb, _default=sys.excepthook):
-    user = isinstance(exc, UserError) or (isinstance(exc, (ValueError, KeyError, OSError)) and _raised_by_repo(exc))
+    user = isinstance(exc, UserError) or (isinstance(exc, USER_ERROR_TYPES) and _raised_by_repo(exc))
     if not user or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
         return _default(exc_type, exc, tb)
     msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)  # KeyError's str() adds quotes
