@@ -37,7 +37,7 @@ from workbench.activations import (build_dust3r, cache_identity, check_hook, hoo
 from workbench.config import apply_overrides, constants, require, require_positive
 from workbench.evaluate import EvalSet, evaluate
 from workbench.runs import (Checkpoints, GracefulStop, TrainProgress, cleanup_ddp, log_data_summary, log_eval, lr_at,
-                            plot_curves, sae_step, start_run)
+                            plot_curves, sae_step, seed_everything, start_run)
 
 # -----------------------------------------------------------------------------------------------------
 # model and data (`hook` picks the decoder branch(es))
@@ -115,6 +115,7 @@ stream = token_stream(model, train_ds, sources, dev, tokens_per_pair, batch_size
                       identity=cache_identity(model, hook, dataset, data_root, resolution, dev) if cache else None)
 
 # model: the SAE and its optimizer; resume from checkpoint/ when there is one, else initialise from the first buffer
+seed_everything(seed)  # the SAE's init depends on seed alone, not on whether a cache was just written
 sae = SAE(SAEConfig(d_in=d_in, n_latents=expansion * d_in, kind=sae_kind, k=k, aux_k=aux_k, aux_coeff=aux_coeff,
                     dead_tokens=dead_window, l1_coeff=l1_coeff, l1_warmup_steps=max(1, total_steps // 20))).to(dev)
 optimizer = torch.optim.Adam(sae.parameters(), lr=lr)  # pooled: one SAE and optimizer for both branches
