@@ -112,4 +112,4 @@ def test_page_reads_like_a_report(page):
     assert result["heading"] == f"latent 3 · {table['label'][3]}"
     assert result["key"].startswith(f"firing frequency {browser._show(table['frequency'][3])}")
     assert "consistency C 0.61 (strongest null 0.2)" in result["key"] and "view asymmetry VA 0.03" in result["key"]
-    assert result["groups"] == ["consistency and its nulls (2)", "asymmetry and its controls (2)", "other (1)"]
+    assert result["groups"] == ["consistency and its nulls (3)", "asymmetry and its controls (2)", "other (1)"]
