@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from tests.chromium import check_page, find_chromium
-from workbench import browser
+from analysis import browser
 
 pytestmark = pytest.mark.skipif(find_chromium() is None, reason="no chromium/google-chrome binary on PATH "
                                 "(apt-get install chromium); the browser is tested in a real browser only")
@@ -64,8 +64,8 @@ def page(tmp_path_factory):
     fig.parent.mkdir()
     Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(fig)
     findings = ["# Analysis", "", "- Alive latents: **30/40** (75.0 %).", "- Tested: `12`.", "", "Files: x."]
-    path = browser.write_browser(d / "index.html", "test run", {"hook": "enc_norm", "n_alive": 30}, table, cards,
-                                 figures=[("histograms", str(fig))], findings=findings)
+    path = browser.write_browser(d / "index.html", "test run", info={"hook": "enc_norm", "n_alive": 30}, table=table,
+                                 cards=cards, figures=[("histograms", str(fig))], findings=findings)
     return path, table
 
 

@@ -11,12 +11,13 @@ import torch
 from safetensors.torch import save_file
 
 from data import make_dataset
-from models.dust3r import load_dust3r
+from models.loading import RANDOM_MODELS, load_dust3r
 from models.sae import SAE, SAEConfig
 from tests.test_data_readers import SEQ_HIGH, SEQ_LOW_TRAIN, make_arkitscenes, make_blendedmvs
-from workbench.activations import ARCH_TINY, ActivationCache, build_dust3r, hook_sources
-from workbench.config import _raised_by_repo, apply_overrides
-from workbench.runs import load_checkpoint, save_checkpoint
+from training.cache import ActivationCache
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.config import _raised_by_repo, apply_overrides
+from training.hooks import hook_sources
 
 
 class _RunsACommand:
@@ -69,8 +70,8 @@ def assert_clear_error(fn, path, *words, types=(ValueError, OSError)):
 def tiny_files(tmp_path_factory):
     """A tiny DUSt3R as .pth and HF folder, a saved SAE, a trainer checkpoint and an activation cache."""
     d = tmp_path_factory.mktemp("files")
-    model = build_dust3r("random-tiny", torch.device("cpu"))
-    cfg = {k: v for k, v in ARCH_TINY.items() if k not in ("patch_embed_cls", "landscape_only")}
+    model = load_dust3r("random-tiny")
+    cfg = RANDOM_MODELS["random-tiny"]
     args = "AsymmetricCroCo3DStereo(" + ", ".join(f"{k}={v!r}" for k, v in cfg.items()) + ")"
     torch.save({"model": model.state_dict(), "args": argparse.Namespace(model=args)}, d / "tiny.pth")
     (d / "hf").mkdir()
@@ -81,8 +82,8 @@ def tiny_files(tmp_path_factory):
     optimizer = torch.optim.Adam(sae.parameters())
     save_checkpoint(d / "ckpt", sae, optimizer, {"step": 3, "config": {}})
     cache = ActivationCache(d / "cache", {"test": 1}, pairs_per_shard=2)
-    cache.write(model, make_dataset("builtin", resolution=(64, 48), split="val"), hook_sources("enc_norm", ("enc",)),
-                torch.device("cpu"), n_pairs=4, dust3r_batch=2)
+    cache.write(model, make_dataset("builtin", resolution=(64, 48), split="val"),
+                sources=hook_sources("enc_norm", ("enc",)), device=torch.device("cpu"), n_pairs=4, dust3r_batch=2)
     return d, model
 
 

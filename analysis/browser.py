@@ -9,15 +9,14 @@ data URIs (embed=True: a single file to mail around). CSS and JS are inline; not
 import base64
 import html
 import json
-import math
 import os
 import re
 
-import numpy as np
+from analysis.report import json_safe
 
 # --------------------------------------------------------------------------------------------
 FLOAT_DIGITS = 4  # significant digits of numbers in the inline JSON table
-# per-latent metrics: key -> (group, name shown, one-line explanation); definitions: workbench/multiview.py and
+# per-latent metrics: key -> (group, name shown, one-line explanation); definitions: analysis/multiview.py and
 # README.md, section "How to read the metrics". Keys not listed here are shown under "other" by their key.
 GROUPS = ("activity", "consistency and its nulls", "asymmetry and its controls", "other")
 METRICS = {
@@ -120,19 +119,10 @@ render();
 """
 
 
-def _clean(v):
-    """JSON-safe scalar: NaN/inf -> None, numpy -> python, floats rounded."""
-    if isinstance(v, (np.integer, int, np.bool_, bool)):
-        return int(v)
-    if isinstance(v, (np.floating, float)):
-        return None if not math.isfinite(v) else float(f"{float(v):.{FLOAT_DIGITS}g}")
-    return str(v)
-
-
 def _show(v):
-    """Number or text for a card / the info table; NaN shows as n/a."""
-    v = _clean(v)
-    return "n/a" if v is None else str(v)
+    """Number or text for a card / the info table; NaN shows as n/a, a flag as 1 / 0."""
+    v = json_safe(v, FLOAT_DIGITS)
+    return "n/a" if v is None else str(int(v) if isinstance(v, bool) else v)
 
 
 def _src(path, html_dir, embed):
@@ -198,7 +188,7 @@ def _card(k, card, html_dir, embed):
             f"{imgs}<p>{files}</p>{details}</div>")
 
 
-def write_browser(path, title, info, table, cards, figures=(), embed=False, findings=()):
+def write_browser(path, title, *, info, table, cards, figures=(), embed=False, findings=()):
     """Write the browser to `path`: a report that reads top to bottom.
 
     info: dict of run facts and layer numbers (hook, pairs, correspondences, multiview.layer_summary keys), shown
@@ -211,7 +201,7 @@ def write_browser(path, title, info, table, cards, figures=(), embed=False, find
     """
     html_dir = os.path.dirname(os.path.abspath(path))
     n = len(table["latent"])
-    rows = [{c: _clean(v[i]) for c, v in table.items()} for i in range(n)]
+    rows = [{c: json_safe(v[i], FLOAT_DIGITS) for c, v in table.items()} for i in range(n)]
     for r in rows:
         r["card"] = int(r["latent"] in cards)
     labels = sorted({r.get("label", "") for r in rows} - {""})

@@ -65,23 +65,6 @@ def require_positive(config, *keys):
         require(config[key] > 0, key, config[key], "a positive number", f"set --{key}=<n> with n > 0")
 
 
-def resolve_device(name):
-    """'auto' -> cuda when torch sees a GPU, else cpu; 'cuda...' without a GPU is a user error."""
-    import torch
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"device={name!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:<index>'") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device={name!r}: no CUDA GPU is visible to torch (torch.cuda.is_available() is False); "
-                        f"use --device=cpu, or --device=auto to take a GPU when there is one")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise UserError(f"device={name!r}: only {torch.cuda.device_count()} GPU(s) visible")
-    return device
-
-
 def _coerce(key, value, default, source):
     """Return `value` as the type of `default`, or raise naming the key and both types."""
     want = type(default)
@@ -104,9 +87,9 @@ def parse_value(text):
 
 
 def constants(namespace):
-    """The config block of a script: its module-level plain literals (int, float, bool, str), names not
-    starting with '_', in definition order; call as constants(globals()) right after the block."""
-    return {k: v for k, v in namespace.items() if not k.startswith("_") and type(v) in (int, float, bool, str)}
+    """The config block of a script: its module-level plain literals (int, float, bool, str, tuple), names
+    not starting with '_', in definition order; call as constants(globals()) right after the block."""
+    return {k: v for k, v in namespace.items() if not k.startswith("_") and type(v) in (int, float, bool, str, tuple)}
 
 
 def apply_overrides(defaults, argv, verbose=True, doc=None):
