@@ -113,3 +113,55 @@ def test_kill9_during_caching_then_rerun_equals_uninterrupted(reference, tmp_pat
     assert got == want
     for name in want:
         assert (tmp_path / "cache" / key / name).read_bytes() == (ref / "tokens" / key / name).read_bytes()
+
+
+# ------------------------------------------------------------------------------------------------
+# analysis: outputs are staged and published together (analyze_results.publish)
+
+ANALYZE = ["--n_pairs=6", "--n_perm=20", "--min_support=1", "--n_ply=1", "--batch_size=2"]
+
+
+def analyze(run_dir, *args):
+    return [sys.executable, "analyze_results.py", str(run_dir), *ANALYZE, *args]
+
+
+def outputs(run_dir):
+    """{relative path: bytes} of the analysis outputs (analysis.json without its wall time)."""
+    out = {}
+    for root, _, files in os.walk(run_dir):
+        for name in files:
+            rel = os.path.relpath(os.path.join(root, name), run_dir)
+            if rel.split(os.sep)[0] in ("figures", "latents") or name in (
+                    "latent_metrics.json", "summary.md", "index.html", "analysis.json"):
+                data = open(os.path.join(root, name), "rb").read()
+                if name == "analysis.json":
+                    data = json.dumps({k: v for k, v in json.loads(data).items() if k != "seconds"}).encode()
+                out[rel] = data
+    return out
+
+
+@pytest.fixture(scope="module")
+def analysed(reference, tmp_path_factory):
+    """A run analysed once with 1 card (the 'old' outputs), and a copy analysed with 3 cards ('new')."""
+    import shutil
+    ref, _ = reference
+    out = tmp_path_factory.mktemp("analysed")
+    old = shutil.copytree(ref / "stream" / "r", out / "old")
+    complete(analyze(old, "--n_cards=1"))
+    new = shutil.copytree(old, out / "new")
+    t0 = time.time()
+    complete(analyze(new, "--n_cards=3"))
+    return old, new, time.time() - t0
+
+
+@pytest.mark.parametrize("seed", SEEDS[:2])
+def test_kill9_during_analysis_leaves_old_or_new_then_rerun_equals_uninterrupted(analysed, tmp_path, seed):
+    import shutil
+    old, new, seconds = analysed
+    run = shutil.copytree(old, tmp_path / "r")
+    killed(analyze(run, "--n_cards=3"), np.random.default_rng(200 + seed).uniform(0.2, 1.0) * seconds)
+    if not os.path.exists(os.path.join(run, ".analysis.old")):  # not cut inside the publish's few renames
+        assert outputs(run) in (outputs(old), outputs(new)), "a mix of old and new outputs"
+    complete(analyze(run, "--n_cards=3"))
+    assert outputs(run) == outputs(new)
+    assert not os.path.exists(os.path.join(run, ".analysis.tmp"))

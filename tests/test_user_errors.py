@@ -91,3 +91,46 @@ def test_refused_rerun_changes_no_file(done_run):
 def test_run_files_have_one_mode(done_run):
     modes = {name: mode & 0o777 for name, (_, _, mode) in snapshot(done_run).items()}
     assert len(set(modes.values())) == 1, modes  # sae.safetensors like config.yaml (0644 under umask 022)
+
+
+# ------------------------------------------------------------------------------------------------
+# analyze_results.py
+
+ANALYZE = ["--n_pairs=4", "--n_perm=20", "--min_support=1", "--n_cards=2", "--n_ply=1", "--batch_size=4"]
+
+
+def analyze(*args, env=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO, **(env or {})}
+    return subprocess.run([sys.executable, "analyze_results.py", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_analysis_help_describes_the_run_folder_argument():
+    proc = analyze("--help")
+    assert proc.returncode == 0 and "usage: python analyze_results.py RUN_FOLDER" in proc.stdout
+    assert "Analyse trained SAE runs" in proc.stdout and "n_pairs = 128" in proc.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    ([], ["RUN_FOLDER", "at least one training run folder"]),
+    (["{run}", "--n_pairs=0"], ["n_pairs=0", "positive"]),
+    (["{run}", "--min_support=0"], ["min_support=0"]),
+    (["/nonexistent/run"], ["/nonexistent/run", "expected a training run folder"]),
+])
+def test_analysis_bad_values_are_one_clear_line(done_run, args, words):
+    before = snapshot(done_run)
+    assert_user_error(analyze(*[a.format(run=done_run) for a in args]), *words)
+    assert snapshot(done_run) == before
+
+
+def test_analysis_refuses_a_config_that_does_not_describe_the_sae(done_run, tmp_path):
+    """The issue's case: config.yaml says k=8 (rewritten by a refused rerun) but the SAE was trained with k=4."""
+    import shutil
+    run = tmp_path / "r"
+    shutil.copytree(done_run, run)
+    text = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(text.replace("\nk: 4\n", "\nk: 8\n"))
+    before = snapshot(run)
+    assert_user_error(analyze(str(run), *ANALYZE), "refused", "k: 8 in config.yaml vs 4 in sae_config.json",
+                      "checkpoint/state.json")
+    assert snapshot(run) == before
