@@ -21,6 +21,9 @@ import torch
 from data.views import parse_resolution, transpose_to_landscape
 
 
+MAX_LISTED = 100  # skipped pairs listed by name in summary() (and so in log.txt)
+
+
 class UnreadableFile(OSError):
     """A dataset file that exists in the index but cannot be read or decoded."""
 
@@ -66,11 +69,19 @@ class PairDataset(torch.utils.data.Dataset):
         """Number of pairs skipped so far because a file was unreadable (all workers)."""
         return int(self._bad_mask().sum())
 
+    def describe_pair(self, idx):
+        """The files of pair idx, for the summary of skipped pairs (subclasses name them)."""
+        return f"pair {idx}"
+
     def summary(self):
+        """Counts, and every skipped pair (up to MAX_LISTED) by its files: read from the shared bitmap, so pairs
+        skipped in DataLoader workers are listed too; the reason where this process saw it."""
         n_bad = self.bad_items
+        bad = [int(j) for j in torch.nonzero(self._bad_mask()).ravel()]
+        skipped = [self.bad_reasons.get(j, f"pair {j}: {self.describe_pair(j)}") for j in bad[:MAX_LISTED]]
         return dict(dataset=self.name, pairs=len(self), geometry=self.geometry, bad_items=n_bad,
                     bad_fraction=n_bad / max(len(self), 1), max_bad_fraction=self.max_bad_fraction,
-                    examples=list(self.bad_reasons.values())[:5])
+                    examples=skipped[:5], skipped=skipped)
 
     def __getitem__(self, index):
         idx, ar_idx = (index if isinstance(index, (tuple, list)) else (index, 0))

@@ -48,6 +48,9 @@ class ImageFolderPairs(PairDataset):
             raise ValueError(f"{self.root}: need at least 2 images per folder to form pairs, found {len(self.images)}")
         self._bad_mask()
 
+    def describe_pair(self, idx):
+        return " & ".join(os.path.relpath(self.images[i], self.root) for i in self.pairs[idx])
+
     def _get_views(self, idx, resolution, rng):
         views = []
         for i in self.pairs[idx]:

@@ -162,3 +162,24 @@ def test_damaged_images_depth_and_exr_are_skipped_by_name(tmp_path):
     with pytest.warns(UserWarning, match=depth.name):
         v1, _ = ds[0]  # (0, 1) and (1, 2) hold the damaged depth: replaced by (2, 3)
     assert v1["idx"][0] == 2 and ds.bad_items == 2
+
+
+def test_folder_summary_lists_pairs_skipped_in_workers(tmp_path):
+    """Pairs skipped inside DataLoader workers are listed by their files in the main process's summary."""
+    import warnings
+
+    import PIL.Image
+
+    from data import make_loader
+    from tests.test_data_readers import _renders
+    for i, (img, *_) in enumerate(_renders(5, size=(64, 48))):
+        PIL.Image.fromarray(img).save(tmp_path / f"{i}.png")
+    (tmp_path / "1.png").write_bytes(b"\x89PNG broken")
+    ds = make_dataset("folder", tmp_path, resolution=(64, 48), window=1, max_bad_fraction=0.9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in make_loader(ds, 2, shuffle=False, num_workers=2):
+            pass
+    s = ds.summary()
+    assert s["bad_items"] == 2 and s["skipped"] == ["pair 0: 0.png & 1.png", "pair 1: 1.png & 2.png"]
+    assert s["examples"] == s["skipped"]
