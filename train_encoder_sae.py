@@ -64,7 +64,7 @@ train_tokens = 100_000_000   # patch tokens to train on (saev: 100M; about 255k 
 batch_size = 16384           # tokens per optimizer step, summed over ranks (saev)
 buffer_pairs = 512           # pairs whose tokens are shuffled together (1024 images, 200k tokens, 400 MB fp16)
 dust3r_batch = 16            # pairs per DUSt3R forward; must divide buffer_pairs / world size
-num_workers = 4              # data-loading processes
+num_workers = min(4, os.cpu_count() or 1)  # data-loading processes, at most one per CPU (DataLoader warns above)
 # evaluation, checkpoints, output
 eval_every = 250             # steps between held-out evaluations (4M tokens; saev, SAELens: 1-5M) and one at the end
 eval_pairs = 64              # held-out pairs (the dataset's 'val' split)

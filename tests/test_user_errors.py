@@ -134,3 +134,11 @@ def test_analysis_refuses_a_config_that_does_not_describe_the_sae(done_run, tmp_
     assert_user_error(analyze(str(run), *ANALYZE), "refused", "k: 8 in config.yaml vs 4 in sae_config.json",
                       "checkpoint/state.json")
     assert snapshot(run) == before
+
+
+def test_default_num_workers_fits_the_machine():
+    """The default must not make DataLoader warn about more workers than CPUs (a 2-core machine)."""
+    proc = subprocess.run([sys.executable, "train_encoder_sae.py", "--help"], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": REPO}, timeout=120)
+    (line,) = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("num_workers = ")]
+    assert 1 <= int(line.split("=")[1]) <= min(4, os.cpu_count())
