@@ -183,3 +183,30 @@ def test_folder_summary_lists_pairs_skipped_in_workers(tmp_path):
     s = ds.summary()
     assert s["bad_items"] == 2 and s["skipped"] == ["pair 0: 0.png & 1.png", "pair 1: 1.png & 2.png"]
     assert s["examples"] == s["skipped"]
+
+
+def test_bad_fraction_of_a_folder_counts_images_not_pairs(tmp_path):
+    """1 broken photo of 20 (5 %) spoils 4 of 37 pairs (11 %) with window=2: max_bad_fraction=0.06 lets it
+    through, as a user expects; a second broken photo (10 %) stops loading with the files counted."""
+    import warnings
+
+    import PIL.Image
+
+    from tests.test_data_readers import _renders
+    img = _renders(1, size=(64, 48))[0][0]
+    for i in range(20):
+        PIL.Image.fromarray(img).save(tmp_path / f"{i:02d}.png")
+    (tmp_path / "07.png").write_bytes(b"broken")
+    ds = make_dataset("folder", tmp_path, resolution=(64, 48), window=2, max_bad_fraction=0.06)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i in range(len(ds)):
+            ds[i]
+    s = ds.summary()
+    assert (s["pairs"], s["bad_items"], s["files"], s["bad_files"]) == (37, 4, 20, 1)
+    (tmp_path / "12.png").write_bytes(b"broken")
+    ds = make_dataset("folder", tmp_path, resolution=(64, 48), window=2, max_bad_fraction=0.06)
+    with warnings.catch_warnings(), pytest.raises(RuntimeError, match="2 of 20 files are unreadable"):
+        warnings.simplefilter("ignore")
+        for i in range(len(ds)):
+            ds[i]
