@@ -153,7 +153,7 @@ def _findings(lines):
             out.append("</ul>")
             in_list = False
         if line.startswith("#"):
-            level = min(line.count("#", 0, line.index(" ")) + 1, 4) if " " in line else 3
+            level = min(len(line) - len(line.lstrip("#")) + 2, 5)  # under the page's h2 "Findings"
             out.append(f"<h{level}>{_sentence(line.lstrip('#').strip())}</h{level}>")
         elif bullet:
             out.append(("" if in_list else "<ul class='findings'>") + f"<li>{_sentence(line[2:])}</li>")

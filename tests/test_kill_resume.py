@@ -146,9 +146,9 @@ def analysed(reference, tmp_path_factory):
     import shutil
     ref, _ = reference
     out = tmp_path_factory.mktemp("analysed")
-    old = shutil.copytree(ref / "stream" / "r", out / "old")
+    old = shutil.copytree(ref / "stream" / "r", out / "old" / "r")  # one folder name: the run's name is in the outputs
     complete(analyze(old, "--n_cards=1"))
-    new = shutil.copytree(old, out / "new")
+    new = shutil.copytree(old, out / "new" / "r")
     t0 = time.time()
     complete(analyze(new, "--n_cards=3"))
     return old, new, time.time() - t0

@@ -21,7 +21,9 @@ ANALYZE = ["--n_pairs=4", "--n_perm=20", "--min_support=1", "--n_cards=2", "--n_
 BENCH = {"bench.bench_pipeline": ["--checkpoint=random-tiny", "--pairs=2", "--buffer_pairs=2", "--dust3r_batch=1",
                                   "--batch_size=64", "--expansion=2", "--k=4", "--num_workers=0",
                                   "--decoder_hook=dec_blocks*.1"],
-         "bench/bench_dust3r.py": ["--arch", "224_linear", "--mode", "encoder", "--iters", "1", "--device", "cpu"]}
+         "bench/bench_dust3r.py": ["--arch", "224_linear", "--mode", "encoder", "--iters", "1", "--device", "cpu"],
+         "bench/bench_data.py": ["--datasets", "builtin", "--resolution", "224", "--pairs", "2", "--rounds", "1",
+                                 "--batch", "2"]}
 NOT_RUN = {"pip install": "installs the requirements; .ci/run does it",
            "python -m pytest": "the test suite itself; .ci/run runs it"}
 
