@@ -5,8 +5,9 @@ usage: python analyze_results.py RUN_FOLDER [RUN_FOLDER ...] [--key=value ...] [
 
 For each run folder (written by train_encoder_sae.py / train_decoder_sae.py) this reads the run's
 resolved config.yaml and its SAE, runs DUSt3R + SAE over `n_pairs` held-out pairs of the run's
-dataset as (A, B), and as (B, A) and (A, A) controls, and writes into the run folder (all at once: the files are made in <run>/.analysis.tmp/ and
-moved in together, so an interrupted or refused analysis leaves the previous one whole):
+dataset as (A, B), and as (B, A) and (A, A) controls, and writes into the run folder (all at once: the
+files are made in <run>/.analysis.tmp/ and moved in together, so an interrupted or refused analysis
+leaves the previous one whole):
   analysis.json        settings, git state, layer summary (counts, fractions, mass-weighted means)
   latent_metrics.json  per-latent columns: frequency, consistency and its nulls, q, asymmetry, controls
   summary.md           the findings in words, with their numbers and sample sizes

@@ -10,6 +10,7 @@ reads the <pre> back. The network is made unreachable (every host resolves to no
 fetched anything would show a failed load. Chromium's own console lines (stderr, --enable-logging) are
 returned too.
 """
+import html
 import json
 import os
 import re
@@ -65,17 +66,7 @@ def check_page(html_path, actions_js, timeout=120):
         os.remove(probe)
     found = re.search(r'<pre id="__selftest">(.*?)</pre>', proc.stdout, re.S)
     assert found, f"no self-check output from Chromium (exit {proc.returncode}): {proc.stderr[-2000:]}"
-    import html as _html
-    report = json.loads(_html.unescape(found.group(1)))
+    report = json.loads(html.unescape(found.group(1)))
     console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
     return report["result"], report["errors"], console
 
-
-def screenshot(html_path, png_path, width=1200, height=1600, timeout=120):
-    """Render html_path to png_path (the README's picture of the browser)."""
-    subprocess.run(chromium_args(find_chromium()) + ["--hide-scrollbars", f"--window-size={width},{height}",
-                                                     "--virtual-time-budget=10000",
-                                                     f"--screenshot={os.path.abspath(png_path)}",
-                                                     "file://" + os.path.abspath(html_path)],
-                   capture_output=True, text=True, timeout=timeout, check=True)
-    return png_path
