@@ -18,7 +18,9 @@ from analysis.report import json_safe
 FLOAT_DIGITS = 4  # significant digits of numbers in the inline JSON table
 # per-latent metrics: key -> (group, name shown, one-line explanation); definitions: analysis/multiview.py and
 # README.md, section "How to read the metrics". Keys not listed here are shown under "other" by their key.
-GROUPS = ("activity", "consistency and its nulls", "asymmetry and its controls", "other")
+GROUPS = ("activity", "consistency and its nulls", "asymmetry and its controls", "3D attributes and causal effect",
+          "other")
+_3D = "3D attributes and causal effect"  # analysis/attributes.py, analysis/causal.py
 METRICS = {
     "latent": ("", "latent", "index of the SAE latent"),
     "label": ("", "label", "consistent (significant), view-1/view-2 (asymmetric), branch-1/2 (follows the slot), "
@@ -63,6 +65,21 @@ METRICS = {
                      "remains is role, not content"),
     "jaccard_identical": ("asymmetry and its controls", "C on (A, A)",
                           "anchor: 1 for encoder hooks (each view is encoded alone)"),
+    "corr_depth": (_3D, "r with depth", "correlation of its activation with log relative depth (< 0: near surfaces)"),
+    "corr_normal_x": (_3D, "r with normal x", "correlation with the surface normal's x (camera frame, x right)"),
+    "corr_normal_y": (_3D, "r with normal y", "correlation with the normal's y (y down: floors face -y)"),
+    "corr_normal_z": (_3D, "r with normal z", "correlation with the normal's z (z forward: walls head-on face -z)"),
+    "corr_edge": (_3D, "r with edge distance", "correlation with log(1 + distance to the nearest depth edge)"),
+    "planar_share": (_3D, "planar share", "share of its activation mass on planar patches"),
+    "causal_mean_disp": (_3D, "causal: mean 3D change", "mean |change of the points| when the latent is scaled on "
+                         "its top pair"),
+    "causal_mean_disp_firing": (_3D, "causal: change where it fires", "the same over the patches where it fires"),
+    "causal_mean_disp_silent": (_3D, "causal: change where silent", "the same over the patches where it is silent"),
+    "causal_dconf_view1": (_3D, "causal: confidence change, view 1", "mean change of view 1's confidence"),
+    "causal_dconf_view2": (_3D, "causal: confidence change, view 2", "mean change of view 2's confidence"),
+    "causal_control_mean_disp": (_3D, "control: mean 3D change", "the same edit along a random direction"),
+    "causal_control_dconf_view1": (_3D, "control: confidence change, view 1", "random direction"),
+    "causal_control_dconf_view2": (_3D, "control: confidence change, view 2", "random direction"),
 }
 KEY_NUMBERS = ("frequency", "jaccard", "gain", "va")  # the card's header line, with the strongest null beside C
 # layer numbers (multiview.layer_summary and the run facts) -> name shown
@@ -133,8 +150,18 @@ def _src(path, html_dir, embed):
         return "data:image/png;base64," + base64.b64encode(f.read()).decode("ascii")
 
 
+def _metric(key):
+    """(group, name, explanation) of a column; '<metric>_null' (3D attributes) is the metric's own null."""
+    if key in METRICS:
+        return METRICS[key]
+    if key.endswith("_null") and key[:-5] in METRICS:
+        group, name, _ = METRICS[key[:-5]]
+        return group, f"{name}, null", "the same against the next pair's geometry (the link broken, the maps kept)"
+    return "other", key, ""
+
+
 def _name(key):
-    return METRICS.get(key, ("other", key, ""))[1]
+    return _metric(key)[1]
 
 
 def _sentence(line):
@@ -176,7 +203,7 @@ def _card(k, card, html_dir, embed):
     for m, v in nums.items():
         if m in ("label", "latent") or m in KEY_NUMBERS:
             continue
-        group, name, expl = METRICS.get(m, ("other", m, ""))
+        group, name, expl = _metric(m)
         groups[group].append(f"<tr><td>{esc(name)}</td><td>{esc(_show(v))}</td><td class='expl'>{esc(expl)}</td></tr>")
     details = "".join(f"<details><summary>{esc(g)} ({len(r)})</summary><table class='num'>{''.join(r)}</table>"
                       f"</details>" for g, r in groups.items() if r)
@@ -206,7 +233,7 @@ def write_browser(path, title, *, info, table, cards, figures=(), embed=False, f
         r["card"] = int(r["latent"] in cards)
     labels = sorted({r.get("label", "") for r in rows} - {""})
     data = json.dumps(rows, allow_nan=False).replace("</", "<\\/")  # keep '</script>' out of the JSON
-    names = {c: [html.escape(_name(c)), html.escape(METRICS.get(c, ("", "", ""))[2])] for c in table}
+    names = {c: [html.escape(_name(c)), html.escape(_metric(c)[2])] for c in table}
     esc = html.escape
     facts = "".join(f"<tr><td>{esc(LAYER_NAMES.get(k, k))}</td><td>{esc(_show(v))}</td></tr>" for k, v in info.items())
     out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)}</title>",
@@ -217,8 +244,8 @@ def write_browser(path, title, *, info, table, cards, figures=(), embed=False, f
                f"</table></details>")
     for cap, p in figures:
         out.append(f"<div class='fig'><h3>{esc(cap)}</h3><img src='{_src(p, html_dir, embed)}' alt='{esc(cap)}'></div>")
-    legend = "".join(f"<tr><td>{esc(_name(c))}</td><td class='expl'>{esc(METRICS[c][2])}</td></tr>"
-                     for c in table if c in METRICS)
+    legend = "".join(f"<tr><td>{esc(_name(c))}</td><td class='expl'>{esc(_metric(c)[2])}</td></tr>"
+                     for c in table if _metric(c)[2])
     out.append("<h2>Latents</h2><p>Click a column header to sort (hover it for its meaning); latents with a link "
                "have a card below. Filter by label: <select id='filter' onchange='render()'><option value=''>all"
                "</option>" + "".join(f"<option>{esc(lb)}</option>" for lb in labels)

@@ -59,7 +59,8 @@ def page(tmp_path_factory):
             imgs.append((name, str(path)))
         cards[k] = dict(images=imgs, numbers={"label": labels[k], "frequency": freq[k], "jaccard": 0.61,
                                               "null_max": 0.2, "gain": 0.51, "va": 0.03, "q": 0.01, "mass1": 3.0,
-                                              "null_shift": 0.1, "slot_specificity": 0.2, "a_new_metric": 7})
+                                              "null_shift": 0.1, "slot_specificity": 0.2, "a_new_metric": 7,
+                                              "corr_depth": -0.3, "corr_depth_null": 0.01})
     fig = d / "figures" / "hist.png"
     fig.parent.mkdir()
     Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(fig)
@@ -112,4 +113,5 @@ def test_page_reads_like_a_report(page):
     assert result["heading"] == f"latent 3 · {table['label'][3]}"
     assert result["key"].startswith(f"firing frequency {browser._show(table['frequency'][3])}")
     assert "consistency C 0.61 (strongest null 0.2)" in result["key"] and "view asymmetry VA 0.03" in result["key"]
-    assert result["groups"] == ["consistency and its nulls (3)", "asymmetry and its controls (2)", "other (1)"]
+    assert result["groups"] == ["consistency and its nulls (3)", "asymmetry and its controls (2)",
+                                "3D attributes and causal effect (2)", "other (1)"]
