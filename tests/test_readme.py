@@ -18,6 +18,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = ["--checkpoint=random-tiny", "--train_tokens=1024", "--batch_size=256", "--buffer_pairs=4", "--dust3r_batch=2",
          "--eval_pairs=2", "--eval_every=2", "--num_workers=0", "--fidelity=False", "--init_tokens=512"]
 ANALYZE = ["--n_pairs=4", "--n_perm=20", "--min_support=1", "--n_cards=2", "--n_ply=1", "--batch_size=4"]
+# --mode=probe: the tiny model (no download), hooks it has, the built-in scenes (no data download)
+PROBE = ["--checkpoint=random-tiny", "--hooks=enc_norm,dec_blocks*.1", "--dataset=builtin", "--data_root=",
+         "--probe_train_pairs=8", "--n_pairs=4", "--batch_size=4"]
 BENCH = {"bench.bench_pipeline": ["--checkpoint=random-tiny", "--pairs=2", "--buffer_pairs=2", "--dust3r_batch=1",
                                   "--batch_size=64", "--expansion=2", "--k=4", "--num_workers=0",
                                   "--decoder_hook=dec_blocks*.1"],
@@ -63,7 +66,7 @@ def plan(cmd):
         extra = TRAIN + ([] if any(a.startswith("--hook=") for a in argv) or "encoder" in script
                          else ["--hook=dec_blocks*.1"])  # random-tiny has 2 decoder blocks
     elif script == "analyze_results.py":
-        extra = ANALYZE
+        extra = PROBE if "--mode=probe" in argv else ANALYZE
     elif script in BENCH:
         extra = BENCH[script]
     else:
