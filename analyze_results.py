@@ -10,29 +10,32 @@ dataset as (A, B), and as (B, A) and (A, A) controls, and writes into the run fo
   figures/             histograms.png, consistency_<gt|pred>.png
   latents/<k>/         heatmap.png, examples.png (+ pointcloud.ply and its preview pointcloud.png)
 Given several runs, it also writes a layer comparison to `compare_dir` (layers.png/.md/.json).
-Metrics and controls: workbench/multiview.py; how to read everything: README.md, section Analysing a trained SAE.
+Metrics and controls: analysis/multiview.py; how to read everything: README.md, section Analysing a trained SAE.
 
     python analyze_results.py results/<run> [results/<run2> ...] [--n_pairs=128] [overrides.yaml]
 
 Runtime: a tiny random-weight test run, about 5 s on CPU; ViT-L at 224 with 128 pairs, a few minutes
 on one GPU (three DUSt3R passes per pair; the metrics are sparse column sums and take seconds).
 """
-import json
 import os
 import shutil
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 import yaml
 
+from analysis import browser, figures, multiview as mv, ply
+from analysis.report import pct, write_json, write_layer_comparison, write_summary
 from data import collate_pairs, make_dataset, patch_correspondences, predicted_correspondences
+from models.loading import load_dust3r
 from models.sae import SAE
-from workbench import browser, figures, multiview as mv, ply
-from workbench.activations import autocast, build_dust3r, views_to
-from workbench.config import apply_overrides
-from workbench.runs import git_state
+from training.config import apply_overrides, constants
+from training.ddp import pick_device
+from training.hooks import autocast, view_sources, views_to
+from training.run import git_state
 
 # ------------------------------------------------------------------------------------------------
 n_pairs = 128                 # held-out pairs analysed per run (fewer if the split is smaller)
@@ -52,18 +55,11 @@ compare_dir = "results/layer_comparison"  # where the comparison of several runs
 device = "auto"               # 'auto' (cuda if available) | 'cpu' | 'cuda'
 seed = 0                      # nulls, bootstrap and the random share of the visualised latents
 # ------------------------------------------------------------------------------------------------
-CONFIG_KEYS = [_k for _k, _v in globals().items()
-               if not _k.startswith("_") and type(_v) in (int, float, bool, str, tuple)]
-run_dirs = [a for a in sys.argv[1:] if not a.startswith("--") and not a.endswith((".yaml", ".yml"))]
-config = apply_overrides({key: globals()[key] for key in CONFIG_KEYS}, [a for a in sys.argv[1:] if a not in run_dirs])
-globals().update(config)
-if not run_dirs:
-    sys.exit(__doc__)
-dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-rng = np.random.default_rng(seed)
+DEFAULTS = constants(globals())  # the block above, in order; main() applies the command line to it
 
 
-def read_run(run_dir):
+# ------------------------------------------------------------------------------------------------ input
+def read_run(run_dir, device):
     """The training run's resolved config and its SAE; clear errors when the folder is not a run."""
     path = os.path.join(run_dir, "config.yaml")
     if not os.path.exists(path) or not os.path.exists(os.path.join(run_dir, "sae.safetensors")):
@@ -74,33 +70,16 @@ def read_run(run_dir):
     missing = [k for k in ("hook", "checkpoint", "dataset", "resolution") if k not in cfg]
     if missing:
         raise KeyError(f"{path}: missing keys {missing}")
-    return cfg, SAE.load(run_dir, device=dev).eval()
-
-
-def view_sources(hook):
-    """(hook point of view-1 tokens, hook point of view-2 tokens). A decoder SAE trained on one branch
-    is also applied to the same block of the other branch, so that both views can be compared."""
-    if hook.startswith("dec_blocks"):
-        i = hook.split(".", 1)[1]
-        return f"dec_blocks.{i}", f"dec_blocks2.{i}"
-    return hook, hook
-
-
-def hook_rank(hook):
-    """Forward order of a hook string, for the layer comparison."""
-    name, _, i = hook.partition(".")
-    base = {"patch_embed": 0, "enc_blocks": 1, "enc_norm": 1000, "decoder_embed": 1001, "dec_blocks": 1002,
-            "dec_blocks2": 1002, "dec_blocks*": 1002, "dec_norm": 2000}[name]
-    return base + (int(i) + 1 if i else 0)
+    return cfg, SAE.load(run_dir, device=device).eval()
 
 
 @torch.no_grad()
-def encode_pairs(model, sae, view1, view2, hooks, heads):
+def encode_pairs(model, sae, *, view1, view2, hooks, heads, device):
     """SAE codes of both views [(B, N1, S), (B, N2, S)], patch grids [(B, 2), (B, 2)], and DUSt3R's
     outputs (res1, res2) when heads (one pass: identity edits record the tokens on the way)."""
     rec, res = {}, None
-    v1, v2 = views_to(view1, dev), views_to(view2, dev)
-    with autocast(dev):
+    v1, v2 = views_to(view1, device), views_to(view2, device)
+    with autocast(device):
         if heads:
             def keep(t, v, name):
                 rec[(name, v)] = t
@@ -115,22 +94,23 @@ def encode_pairs(model, sae, view1, view2, hooks, heads):
     return z, grids, res
 
 
-def collect(model, sae, ds, n, hooks):
+def collect(model, sae, ds, *, n, hooks, settings, device):
     """Run n pairs. Returns PairActivations for 'ab' (+ 'ba', 'aa' with controls) and per pair:
     ground-truth (or None) and predicted correspondences, display images, pointmaps and confidences
     (all in the real orientation, the token grids' orientation)."""
-    pa = {k: mv.PairActivations() for k in (("ab", "ba", "aa") if controls else ("ab",))}
+    pa = {k: mv.PairActivations() for k in (("ab", "ba", "aa") if settings.controls else ("ab",))}
     out = dict(gt=[], pred=[], rgb=[], pts=[], conf=[], rot=[])
-    for lo in range(0, n, batch_size):
-        items = [ds[i] for i in range(lo, min(lo + batch_size, n))]
+    enc = dict(hooks=hooks, device=device)
+    for lo in range(0, n, settings.batch_size):
+        items = [ds[i] for i in range(lo, min(lo + settings.batch_size, n))]
         view1, view2 = collate_pairs(items)
         scenes = [str(s) for s in view1.get("label", view1["instance"])]
-        z, g, (res1, res2) = encode_pairs(model, sae, view1, view2, hooks, heads=True)
+        z, g, (res1, res2) = encode_pairs(model, sae, view1=view1, view2=view2, heads=True, **enc)
         pa["ab"].add(z[0], z[1], g[0], g[1], scenes)
-        if controls:  # (B, A): slot swap; (A, A): the same image in both slots
-            z, g, _ = encode_pairs(model, sae, view2, view1, hooks, heads=False)
+        if settings.controls:  # (B, A): slot swap; (A, A): the same image in both slots
+            z, g, _ = encode_pairs(model, sae, view1=view2, view2=view1, heads=False, **enc)
             pa["ba"].add(z[0], z[1], g[0], g[1], scenes)
-            z, g, _ = encode_pairs(model, sae, view1, view1, hooks, heads=False)
+            z, g, _ = encode_pairs(model, sae, view1=view1, view2=view1, heads=False, **enc)
             pa["aa"].add(z[0], z[1], g[0], g[1], scenes)
         for b, (a, c) in enumerate(items):
             ts = (a["true_shape"], c["true_shape"])
@@ -166,7 +146,84 @@ def agreement(pa, gt, pred):
     return dict(exact=exact / max(total, 1), within_1_patch=near / max(total, 1), n_patches=total)
 
 
-def pick_cards(table, n):
+def correspondence_sets(data, dataset, settings):
+    """{'gt': ..., 'pred': ...} per `correspondence`, and the primary one (ground truth where every pair has it)."""
+    has_gt = all(c is not None for c in data["gt"])
+    if settings.correspondence == "gt" and not has_gt:
+        raise ValueError(f"correspondence='gt' but dataset {dataset!r} has no depth/pose for every pair")
+    sets = {} if settings.correspondence == "pred" or not has_gt else {"gt": data["gt"]}
+    sets.update({} if settings.correspondence == "gt" else {"pred": data["pred"]})
+    return sets, "gt" if "gt" in sets else "pred"
+
+
+# ------------------------------------------------------------------------------------------------ metric steps
+def measure(pa, sets, *, primary, sae, settings):
+    """The metrics of analysis/multiview.py: consistency per correspondence set, view asymmetry, latent stats,
+    the controls (slot swap, identical pairs with their identity-match anchor), summary and labels.
+    ReLU+L1 SAEs fire with small 'dust', so they get a firing threshold tau."""
+    controls, seed = settings.controls, settings.seed
+    m = SimpleNamespace(tau=mv.dust_threshold(pa["ab"]) if sae.cfg.kind == "relu" else 0.0)
+    m.test = dict(n_perm=settings.n_perm, min_support=settings.min_support, tau=m.tau, seed=seed)
+    m.cons = {k: mv.consistency(pa["ab"], c, **m.test) for k, c in sets.items()}
+    m.asym, m.stats = mv.view_asymmetry(pa["ab"], seed=seed), mv.latent_stats(pa["ab"])
+    m.swap = mv.slot_swap(pa["ab"], pa["ba"]) if controls else None
+    m.asym_aa = mv.view_asymmetry(pa["aa"], seed=seed) if controls else None
+    m.summary = mv.layer_summary(m.cons[primary], m.asym, m.stats, m.swap, m.asym_aa)
+    m.labels = mv.classify(m.cons[primary], m.asym, m.swap)
+    if controls:  # anchor: (A, A) with the identity match, exactly 1 for encoder hooks
+        ident = [np.arange(b - a) for a, b in zip(pa["aa"].start1[:-1], pa["aa"].start1[1:])]
+        m.jaccard_identical = mv.consistency(pa["aa"], ident, n_perm=0, min_support=1)["jaccard"]
+    return m
+
+
+def latent_columns(m, *, primary, controls):
+    """Per-latent columns: the browser's table, and all of them (latent_metrics.json, the cards' numbers)."""
+    c, asym, stats = m.cons[primary], m.asym, m.stats
+    table = dict(latent=np.arange(len(m.labels)), label=m.labels, frequency=stats["frequency"],
+                 mean_activation=stats["mean_activation"], jaccard=c["jaccard"], gain=c["gain"], q=c["q"],
+                 va=asym["va"], exclusivity=asym["exclusivity"], positional=stats["positional"])
+    if controls:
+        table.update(slot_specificity=m.swap["slot_specificity"], content_following=m.swap["content_following"],
+                     va_identical=m.asym_aa["va"])
+    full = dict(table, **{k: c[k] for k in ("pearson", "transfer", "support1", "support2", "null_shuffle",
+                                            "null_shuffle_q95", "null_position", "null_shift", "null_scene",
+                                            "null_max", "p", "p_empirical")},
+                **{k: asym[k] for k in ("va_lo", "va_hi", "mass1", "mass2")})
+    for k in set(m.cons) - {primary}:
+        full.update({f"{name}_{k}": m.cons[k][name] for name in ("jaccard", "gain", "q", "significant")})
+    if controls:
+        full["jaccard_identical"] = m.jaccard_identical
+    return table, full
+
+
+def run_info(pa, data, sets, m, *, primary, sae, settings):
+    """Layer-level facts beside the summary: correspondence source, the other set's summary, gt/pred agreement,
+    consistency per relative-rotation bin, the identical-pair anchor."""
+    info = dict(correspondence="ground truth" if primary == "gt" else "DUSt3R-predicted",
+                tokens=int(pa["ab"].start1[-1]), other={},
+                sae=f"{sae.cfg.kind}, {sae.cfg.n_latents} latents, k={sae.cfg.k}, d_in={sae.cfg.d_in}",
+                labels={str(a): int(b) for a, b in zip(*np.unique(m.labels.astype(str), return_counts=True))})
+    for k in set(sets) - {primary}:
+        info["other"][k] = mv.layer_summary(m.cons[k], m.asym, m.stats)
+    if "gt" in sets and "pred" in sets:
+        info["agreement"] = agreement(pa["ab"], data["gt"], data["pred"])
+    if "gt" in sets:  # strata by relative rotation: the matches of pairs outside a bin are dropped
+        rot, info["rotation_strata"] = np.asarray(data["rot"]), []
+        for lo, hi in zip(settings.rot_bins[:-1], settings.rot_bins[1:]):
+            sel = (rot >= lo) & (rot < hi)
+            if sel.any():
+                cb = mv.consistency(pa["ab"], [c if s else np.full_like(c, -1) for c, s in zip(sets["gt"], sel)],
+                                    **m.test)
+                info["rotation_strata"].append(dict(mv.layer_summary(cb, m.asym, m.stats), bin_deg=[lo, hi],
+                                                    n_pairs=int(sel.sum())))
+    if hasattr(m, "jaccard_identical"):
+        c_aa, w = m.jaccard_identical, m.asym_aa["mass1"] + m.asym_aa["mass2"]
+        ok = np.isfinite(c_aa) & (w > 0)
+        info["jaccard_identical_mass_weighted"] = float((c_aa[ok] * w[ok]).sum() / max(w[ok].sum(), 1e-12))
+    return info
+
+
+def pick_cards(table, n, rng):
     """Latents to visualise, interleaved: strongest gains, most asymmetric (labelled first), most
     frequent, random alive ones."""
     alive = np.nonzero(table["frequency"] > 0)[0]
@@ -185,15 +242,15 @@ def pick_cards(table, n):
     return picks
 
 
-def render_latent(k, pa, data, corrs, folder, with_ply):
+def render_latent(k, pa, *, data, corrs, folder, with_ply, settings):
     """heatmap.png (top pair + view 2 pulled back to view 1), examples.png (top pairs, then pairs at
     the quantiles of the per-pair peak), pointcloud.ply + pointcloud.png; one colour scale: the latent's peak."""
     c1, c2 = pa.z1[:, k].toarray().ravel(), pa.z2[:, k].toarray().ravel()
     peak = np.maximum(np.maximum.reduceat(c1, pa.start1[:-1]), np.maximum.reduceat(c2, pa.start2[:-1]))  # (P,)
     order = np.nonzero(peak > 0)[0]
     order = order[np.argsort(-peak[order], kind="stable")]
-    rows = [(int(n), f"top {i + 1}") for i, n in enumerate(order[:n_top])]
-    for q in quantiles:  # order is descending, so quantile q of the peaks sits at (1 - q)(len - 1)
+    rows = [(int(n), f"top {i + 1}") for i, n in enumerate(order[:settings.n_top])]
+    for q in settings.quantiles:  # order is descending, so quantile q of the peaks sits at (1 - q)(len - 1)
         n = int(order[int(round((1 - q) * (len(order) - 1)))])
         rows += [(n, f"q{int(q * 100)}")] if n not in [r[0] for r in rows] else []
     vmax = float(peak[order[0]])
@@ -206,223 +263,94 @@ def render_latent(k, pa, data, corrs, folder, with_ply):
     figures.save_png(figures.example_grid(ex, vmax, f"latent {k}: top pairs, then quantiles"),
                      os.path.join(folder, "examples.png"))
     top, n = ex[0], rows[0][0]
-    figures.save_png(figures.latent_heatmap(top["rgb1"], top["rgb2"], top["act1"], top["act2"], vmax, corrs[n],
-                                            f"latent {k} {top['caption']}"), os.path.join(folder, "heatmap.png"))
+    figures.save_png(figures.latent_heatmap(top["rgb1"], top["rgb2"], act1=top["act1"], act2=top["act2"], vmax=vmax,
+                                            corr=corrs[n], title=f"latent {k} {top['caption']}"),
+                     os.path.join(folder, "heatmap.png"))
     if with_ply:
         xyz, col = ply.latent_pointcloud(data["rgb"][n], [p.astype(np.float32) for p in data["pts"][n]],
-                                         [c.astype(np.float32) for c in data["conf"][n]], [top["act1"], top["act2"]],
-                                         vmax)
+                                         confs=[c.astype(np.float32) for c in data["conf"][n]],
+                                         acts=[top["act1"], top["act2"]], vmax=vmax)
         ply.write_ply(os.path.join(folder, "pointcloud.ply"), xyz, col)
-        figures.pointcloud_preview(xyz, col, os.path.join(folder, "pointcloud.png"),
-                                   f"latent {k}: DUSt3R points of {top['caption']}")
+        figures.pointcloud_preview(xyz, col, path=os.path.join(folder, "pointcloud.png"),
+                                   title=f"latent {k}: DUSt3R points of {top['caption']}")
 
 
-def jdump(obj, path):
-    """JSON with NaN -> null and numpy -> python (per-latent columns as lists)."""
-    def clean(v):
-        if isinstance(v, dict):
-            return {str(a): clean(b) for a, b in v.items()}
-        if isinstance(v, np.ndarray) and v.dtype.kind == "f":  # fast path for per-latent columns
-            out = v.astype(object)
-            out[~np.isfinite(v)] = None
-            return out.tolist()
-        if isinstance(v, (list, tuple, np.ndarray)):
-            return [clean(x) for x in v]
-        if isinstance(v, (bool, np.bool_)):
-            return bool(v)
-        if isinstance(v, (int, np.integer)):
-            return int(v)
-        if isinstance(v, (float, np.floating)):
-            return float(v) if np.isfinite(v) else None
-        return v if v is None or isinstance(v, str) else str(v)
-    with open(path, "w") as f:
-        json.dump(clean(obj), f, indent=1)
-
-
-def pct(a, b):
-    return f"{a}/{b} ({100 * a / max(b, 1):.1f} %)"
-
-
-def write_summary(path, run, cfg, s, info):
-    """summary.md: the findings in words with their numbers and sample sizes."""
-    lab = info["labels"]
-    gt = info["correspondence"] == "ground truth"
-    lines = [
-        f"# Analysis of `{run}`: SAE on `{cfg['hook']}`", "",
-        f"- DUSt3R `{cfg['checkpoint']}`; dataset `{cfg['dataset']}` split `{split}`, {s['n_pairs']} held-out pairs "
-        f"({info['tokens']} tokens per slot); SAE {info['sae']}.",
-        f"- Correspondences: **{info['correspondence']}** ("
-        + ("from depth and pose" if gt else "DUSt3R's own pointmaps, mutual nearest neighbours: circular for decoder "
-           "layers, since the analysed network defines the matches") + f"); {s['n_matched']} matched view-1 patches.",
-        *([f"- This SAE was trained on one decoder branch (`{cfg['hook']}`) and is applied here to both "
-            f"`{view_sources(cfg['hook'])[0]}` (view 1) and `{view_sources(cfg['hook'])[1]}` (view 2)."]
-          if cfg["hook"].startswith(("dec_blocks.", "dec_blocks2.")) else []),
-        f"- Alive latents (fire at least once on these pairs): {pct(s['n_alive'], s['n_latents'])}; median firing "
-        f"frequency {s['median_frequency']:.4f}.", "",
-        "## Cross-view consistency", "",
-        f"- Tested latents (>= {min_support} firing matched patches in each view): {s['n_tested']}.",
-        f"- Significantly consistent (permutation test, {n_perm} shuffled-correspondence draws; Benjamini-Hochberg "
-        f"q <= {mv.FDR_ALPHA}; gain over the strongest null > 0): {pct(s['n_significant'], s['n_alive'])} of alive "
-        f"latents ({100 * s['frac_significant_of_tested']:.1f} % of tested).",
-        f"- Weighted Jaccard C of tested latents: median {s['median_jaccard']:.3f} vs median strongest null "
-        f"{s['median_null_max']:.3f} (nulls: shuffled matches, same grid position, random shift, other scene); "
-        f"activation-mass-weighted gain G = (C - C_null) / (1 - C_null) = {s['mass_weighted_gain']:.3f}."]
-    if "pred" in info["other"]:
-        o, ag = info["other"]["pred"], info["agreement"]
-        lines.append(
-            f"- Under DUSt3R-predicted correspondences instead ({o['n_matched']} matched patches, {o['n_tested']} "
-            f"tested latents): {pct(o['n_significant'], s['n_alive'])} significant, mass-weighted gain "
-            f"{o['mass_weighted_gain']:.3f}. " + (
-                f"Of the {ag['n_patches']} patches matched by both, {100 * ag['exact']:.1f} % agree exactly and "
-                f"{100 * ag['within_1_patch']:.1f} % within one patch." if ag["n_patches"] else
-                "No patch is matched by both."))
-    for r in info.get("rotation_strata", []):
-        lines.append(f"- Relative rotation [{r['bin_deg'][0]}, {r['bin_deg'][1]})°: {r['n_pairs']} pairs, "
-                     f"{r['n_matched']} matched patches, {r['n_tested']} tested latents, "
-                     f"{pct(r['n_significant'], s['n_alive'])} significant, mass-weighted gain "
-                     f"{r['mass_weighted_gain']:.3f}.")
-    if "jaccard_identical_mass_weighted" in info:
-        enc = not cfg["hook"].startswith(("decoder_embed", "dec_"))
-        lines.append(f"- Anchor: on (A, A) pairs with the identity match the mass-weighted C is "
-                     f"{info['jaccard_identical_mass_weighted']:.4f}"
-                     + (" (must be 1: the encoder sees each view alone)." if enc else
-                        " (below 1: the two branches/roles encode the same image differently)."))
-    lines += [
-        "", "## View asymmetry", "",
-        f"- VA = (M1 - M2) / (M1 + M2) per latent, M = activation mass in view 1 / 2 over all tokens. "
-        f"Activation-mass-weighted |VA| = {s['mass_weighted_abs_va']:.3f}; {100 * s['frac_asymmetric']:.1f} % of alive "
-        f"latents have |VA| >= {mv.ASYM_THRESHOLD}; asymmetric with a bootstrap 95 % CI over pairs that excludes 0 "
-        f"(view 1 / view 2): {lab.get('view-1', 0) + lab.get('branch-1', 0)} / "
-        f"{lab.get('view-2', 0) + lab.get('branch-2', 0)} (descriptive, no multiple-comparison correction)."]
-    if "mass_weighted_abs_slot_specificity" in s:
-        lines += [
-            f"- Of those, following the slot rather than the image (slot swap: same-sign |S| >= {mv.ASYM_THRESHOLD}; "
-            f"labels branch-1 / branch-2): {lab.get('branch-1', 0)} / {lab.get('branch-2', 0)}.",
-            "- Controls: (A, A) identical pairs give mass-weighted |VA| = "
-            f"{s['mass_weighted_abs_va_identical_pair']:.3f} (what remains is role/branch, not content); the slot "
-            "swap (every pair also run as (B, A)) gives "
-            f"mass-weighted |slot specificity S| = {s['mass_weighted_abs_slot_specificity']:.3f} and content following "
-            f"F = {s['mass_weighted_content_following']:.3f} (high |S| with low F: the latent tracks the branch; "
-            "low |S| with high F: it tracks image content)."]
-    lines += ["", f"Labels: {lab}. Positional latents (concentration > 0.5): "
-              f"{100 * s['frac_positional_gt_0p5']:.1f} % of alive.", "",
-              "Files: `index.html` (browser), `latent_metrics.json`, `analysis.json`, `figures/`, `latents/<k>/`. "
-              "How to read them: README.md, section Analysing a trained SAE."]
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-
-
-# ------------------------------------------------------------------------------------------------ runs
-commit, dirty = git_state(os.path.dirname(os.path.abspath(__file__)))
-rows = []
-for run_dir in run_dirs:
-    t0 = time.time()
-    cfg, sae = read_run(run_dir)
-    run, S = os.path.basename(os.path.normpath(run_dir)), sae.cfg.n_latents
-    print(f"== {run}: hook {cfg['hook']}, SAE {sae.cfg.kind} S={S} k={sae.cfg.k}, {dev}")
-    model = build_dust3r(cfg["checkpoint"], dev, seed=cfg.get("seed", 0))  # random-* test models: the run's weights
-    # the training scripts build their datasets with the default (fixed) dataset seed, and so do we
-    ds = make_dataset(cfg["dataset"], root=cfg.get("data_root") or None, resolution=cfg["resolution"], split=split)
-    n = min(n_pairs, len(ds))
-    pa, data = collect(model, sae, ds, n, view_sources(cfg["hook"]))
-    has_gt = all(c is not None for c in data["gt"])
-    if correspondence == "gt" and not has_gt:
-        raise ValueError(f"correspondence='gt' but dataset {cfg['dataset']!r} has no depth/pose for every pair")
-    sets = {} if correspondence == "pred" or not has_gt else {"gt": data["gt"]}
-    sets.update({} if correspondence == "gt" else {"pred": data["pred"]})
-    primary = "gt" if "gt" in sets else "pred"
-
-    # metrics (workbench/multiview.py); ReLU+L1 SAEs fire with small 'dust', so they get a threshold
-    tau = mv.dust_threshold(pa["ab"]) if sae.cfg.kind == "relu" else 0.0
-    cons = {k: mv.consistency(pa["ab"], c, n_perm=n_perm, min_support=min_support, tau=tau, seed=seed)
-            for k, c in sets.items()}
-    asym, stats = mv.view_asymmetry(pa["ab"], seed=seed), mv.latent_stats(pa["ab"])
-    swap = mv.slot_swap(pa["ab"], pa["ba"]) if controls else None
-    asym_aa = mv.view_asymmetry(pa["aa"], seed=seed) if controls else None
-    c = cons[primary]
-    summ = mv.layer_summary(c, asym, stats, swap, asym_aa)
-    labels = mv.classify(c, asym, swap)
-    table = dict(latent=np.arange(S), label=labels, frequency=stats["frequency"],
-                 mean_activation=stats["mean_activation"], jaccard=c["jaccard"], gain=c["gain"], q=c["q"],
-                 va=asym["va"], exclusivity=asym["exclusivity"], positional=stats["positional"])
-    if controls:
-        table.update(slot_specificity=swap["slot_specificity"], content_following=swap["content_following"],
-                     va_identical=asym_aa["va"])
-    full = dict(table, **{k: c[k] for k in ("pearson", "transfer", "support1", "support2", "null_shuffle",
-                                            "null_shuffle_q95", "null_position", "null_shift", "null_scene",
-                                            "null_max", "p", "p_empirical")},
-                **{k: asym[k] for k in ("va_lo", "va_hi", "mass1", "mass2")})
-    info = dict(correspondence="ground truth" if primary == "gt" else "DUSt3R-predicted",
-                tokens=int(pa["ab"].start1[-1]), other={},
-                sae=f"{sae.cfg.kind}, {S} latents, k={sae.cfg.k}, d_in={sae.cfg.d_in}",
-                labels={str(a): int(b) for a, b in zip(*np.unique(labels.astype(str), return_counts=True))})
-    for k in set(sets) - {primary}:
-        full.update({f"{name}_{k}": cons[k][name] for name in ("jaccard", "gain", "q", "significant")})
-        info["other"][k] = mv.layer_summary(cons[k], asym, stats)
-    if "gt" in sets and "pred" in sets:
-        info["agreement"] = agreement(pa["ab"], data["gt"], data["pred"])
-    if "gt" in sets:  # strata by relative rotation: the matches of pairs outside a bin are dropped
-        rot, info["rotation_strata"] = np.asarray(data["rot"]), []
-        for lo, hi in zip(rot_bins[:-1], rot_bins[1:]):
-            sel = (rot >= lo) & (rot < hi)
-            if sel.any():
-                cb = mv.consistency(pa["ab"], [m if s else np.full_like(m, -1) for m, s in zip(sets["gt"], sel)],
-                                    n_perm=n_perm, min_support=min_support, tau=tau, seed=seed)
-                info["rotation_strata"].append(dict(mv.layer_summary(cb, asym, stats), bin_deg=[lo, hi],
-                                                    n_pairs=int(sel.sum())))
-    if controls:  # anchor: (A, A) with the identity match, exactly 1 for encoder hooks
-        ident = [np.arange(b - a) for a, b in zip(pa["aa"].start1[:-1], pa["aa"].start1[1:])]
-        full["jaccard_identical"] = c_aa = mv.consistency(pa["aa"], ident, n_perm=0, min_support=1)["jaccard"]
-        w = asym_aa["mass1"] + asym_aa["mass2"]
-        ok = np.isfinite(c_aa) & (w > 0)
-        info["jaccard_identical_mass_weighted"] = float((c_aa[ok] * w[ok]).sum() / max(w[ok].sum(), 1e-12))
-
-    # pictures, tables, browser
+# ------------------------------------------------------------------------------------------------ output steps
+def write_figures(run_dir, title, *, cons, asym, stats):
+    """figures/histograms.png and one consistency figure per correspondence set -> [(caption, path)]."""
     os.makedirs(os.path.join(run_dir, "figures"), exist_ok=True)
     figs = [("Frequency and mean activation of alive latents", os.path.join(run_dir, "figures", "histograms.png"))]
-    figures.activation_histograms(stats["frequency"], stats["mean_activation"], figs[0][1], f"{run} ({cfg['hook']})")
-    for k in sets:
+    figures.activation_histograms(stats["frequency"], stats["mean_activation"], figs[0][1], title)
+    for k in cons:
         figs.append((f"Consistency vs strongest null ({k} correspondences) and view asymmetry",
                      os.path.join(run_dir, "figures", f"consistency_{k}.png")))
-        figures.consistency_figure(cons[k], asym, figs[-1][1], f"{run} ({cfg['hook']}), {k} correspondences")
+        figures.consistency_figure(cons[k], asym, figs[-1][1], f"{title}, {k} correspondences")
+    return figs
+
+
+def write_cards(run_dir, pa, *, data, corrs, table, full, settings, rng):
+    """latents/<k>/ pictures of the picked latents -> the browser's cards {k: images, numbers, files}."""
     cards = {}
     shutil.rmtree(os.path.join(run_dir, "latents"), ignore_errors=True)  # ours alone; no stale cards from a rerun
-    for i, k in enumerate(pick_cards(table, n_cards)):
-        folder = os.path.join(run_dir, "latents", str(k))
-        render_latent(k, pa["ab"], data, sets[primary], folder, with_ply=i < n_ply)
+    for i, k in enumerate(pick_cards(table, settings.n_cards, rng)):
+        folder, with_ply = os.path.join(run_dir, "latents", str(k)), i < settings.n_ply
+        render_latent(k, pa, data=data, corrs=corrs, folder=folder, with_ply=with_ply, settings=settings)
         cards[k] = dict(images=[("heatmap (top pair)", os.path.join(folder, "heatmap.png")),
                                 ("top pairs and quantile examples", os.path.join(folder, "examples.png"))]
-                        + ([("3D: DUSt3R's points of the top pair", os.path.join(folder, "pointcloud.png"))] if i < n_ply else []),
+                        + ([("3D: DUSt3R's points of the top pair", os.path.join(folder, "pointcloud.png"))]
+                           if with_ply else []),
                         numbers={name: col[k] for name, col in full.items() if name != "latent"},
-                        files=[("point cloud (PLY)", os.path.join(folder, "pointcloud.ply"))] if i < n_ply else [])
-    jdump(full, os.path.join(run_dir, "latent_metrics.json"))
-    jdump(dict(run=run, hook=cfg["hook"], git_commit=commit, git_dirty=dirty, config=config, summary=summ, info=info,
-               seconds=time.time() - t0), os.path.join(run_dir, "analysis.json"))
-    write_summary(os.path.join(run_dir, "summary.md"), run, cfg, summ, info)
-    browser.write_browser(os.path.join(run_dir, "index.html"), f"{run}: SAE latents at {cfg['hook']}",
-                          dict(hook=cfg["hook"], pairs=n, correspondences=info["correspondence"], **summ),
-                          table, cards, figs, embed=embed_images)
-    rows.append(dict(run=run, hook=cfg["hook"], **summ))
+                        files=[("point cloud (PLY)", os.path.join(folder, "pointcloud.ply"))] if with_ply else [])
+    return cards
+
+
+# ------------------------------------------------------------------------------------------------ one run
+def analyse_run(run_dir, settings, *, rng):
+    """One training run folder -> its analysis files (module docstring); returns its layer-comparison row.
+    rng picks the random share of the pictured latents (one generator for all runs of an invocation)."""
+    t0, device = time.time(), pick_device(settings.device)
+    cfg, sae = read_run(run_dir, device)
+    run, hook = os.path.basename(os.path.normpath(run_dir)), cfg["hook"]
+    print(f"== {run}: hook {hook}, SAE {sae.cfg.kind} S={sae.cfg.n_latents} k={sae.cfg.k}, {device}")
+    # the training variant, as in training; random-* test models: the run's seed gives the run's weights
+    model = load_dust3r(cfg["checkpoint"], device, landscape_only=True, seed=cfg.get("seed", 0))
+    # the training scripts build their datasets with the default (fixed) dataset seed, and so do we
+    ds = make_dataset(cfg["dataset"], root=cfg.get("data_root") or None, resolution=cfg["resolution"],
+                      split=settings.split)
+    n = min(settings.n_pairs, len(ds))
+    pa, data = collect(model, sae, ds, n=n, hooks=view_sources(hook), settings=settings, device=device)
+    sets, primary = correspondence_sets(data, cfg["dataset"], settings)
+    m = measure(pa, sets, primary=primary, sae=sae, settings=settings)
+    table, full = latent_columns(m, primary=primary, controls=settings.controls)
+    info, summ = run_info(pa, data, sets, m, primary=primary, sae=sae, settings=settings), m.summary
+
+    figs = write_figures(run_dir, f"{run} ({hook})", cons=m.cons, asym=m.asym, stats=m.stats)
+    cards = write_cards(run_dir, pa["ab"], data=data, corrs=sets[primary], table=table, full=full, settings=settings,
+                        rng=rng)
+    write_json(full, os.path.join(run_dir, "latent_metrics.json"))
+    commit, dirty = git_state(os.path.dirname(os.path.abspath(__file__)))
+    write_json(dict(run=run, hook=hook, git_commit=commit, git_dirty=dirty, config=vars(settings), summary=summ,
+                    info=info, seconds=time.time() - t0), os.path.join(run_dir, "analysis.json"))
+    write_summary(os.path.join(run_dir, "summary.md"), run, cfg=cfg, s=summ, info=info, settings=settings)
+    browser.write_browser(os.path.join(run_dir, "index.html"), f"{run}: SAE latents at {hook}",
+                          info=dict(hook=hook, pairs=n, correspondences=info["correspondence"], **summ),
+                          table=table, cards=cards, figures=figs, embed=settings.embed_images)
     print(f"   {pct(summ['n_significant'], summ['n_alive'])} alive latents significantly consistent, mass-weighted "
           f"|VA| {summ['mass_weighted_abs_va']:.3f}; wrote {run_dir}/index.html, summary.md ({time.time() - t0:.0f} s)")
+    return dict(run=run, hook=hook, **summ)
 
-# ------------------------------------------------------------------------------------------------ layers
-if len(rows) > 1:
-    rows.sort(key=lambda r: hook_rank(r["hook"]))
-    os.makedirs(compare_dir, exist_ok=True)
-    figures.layer_figure(rows, os.path.join(compare_dir, "layers.png"))
-    jdump(rows, os.path.join(compare_dir, "layers.json"))
-    keys = ["n_pairs", "n_alive", "n_tested", "frac_significant_of_alive", "mass_weighted_gain",
-            "mass_weighted_abs_va", "mass_weighted_abs_va_identical_pair", "mass_weighted_abs_slot_specificity",
-            "mass_weighted_content_following"]
 
-    def fmt(v):
-        return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else (
-            f"{v:.3f}" if isinstance(v, float) else str(v))
+def main(argv):
+    run_dirs = [a for a in argv if not a.startswith("--") and not a.endswith((".yaml", ".yml"))]
+    settings = SimpleNamespace(**apply_overrides(DEFAULTS, [a for a in argv if a not in run_dirs], doc=__doc__))
+    if not run_dirs:
+        sys.exit(__doc__)
+    rng = np.random.default_rng(settings.seed)
+    rows = [analyse_run(run_dir, settings, rng=rng) for run_dir in run_dirs]
+    if len(rows) > 1:
+        write_layer_comparison(rows, settings.compare_dir)
+        print(f"layer comparison of {len(rows)} runs: {settings.compare_dir}/layers.png, layers.md, layers.json")
 
-    with open(os.path.join(compare_dir, "layers.md"), "w") as f:
-        f.write("# Layer comparison\n\nOne row per run, in forward order; definitions in "
-                "README.md, section Analysing a trained SAE.\n\n| run | hook | " + " | ".join(keys) + " |\n|"
-                + "---|" * (len(keys) + 2) + "\n")
-        f.writelines(f"| {r['run']} | {r['hook']} | " + " | ".join(fmt(r.get(k)) for k in keys) + " |\n" for r in rows)
-    print(f"layer comparison of {len(rows)} runs: {compare_dir}/layers.png, layers.md, layers.json")
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -11,7 +11,7 @@
 
 Pairs from `dataset` go through the frozen DUSt3R (no grad; bf16 autocast on CUDA), the tokens at `hook`
 of both views are shuffled in a buffer spanning `buffer_pairs` pairs, and the SAE trains on batches of
-`batch_size` tokens. Every `eval_every` steps it is evaluated on held-out pairs (workbench/evaluate.py:
+`batch_size` tokens. Every `eval_every` steps it is evaluated on held-out pairs (training/evaluate.py:
 FVU, L0, dead/dense latents, density histogram, spliced 3D fidelity). Output: results/<run_name>/ with
 config.yaml, log.txt, metrics.jsonl, sae.safetensors + sae_config.json, curves.png and checkpoint/
 (rerunning the same command resumes an interrupted run). With --cache=True the tokens are first written
@@ -25,12 +25,18 @@ import sys
 import torch
 
 from data import make_dataset
+from models.loading import load_dust3r
 from models.sae import SAE, SAEConfig
-from workbench.activations import build_dust3r, cache_identity, check_hook, hook_sources, token_stream
-from workbench.config import apply_overrides, constants
-from workbench.evaluate import EvalSet, evaluate
-from workbench.runs import (Checkpoints, GracefulStop, TrainProgress, cleanup_ddp, log_data_summary, log_eval, lr_at,
-                            plot_curves, sae_step, start_run)
+from training.cache import cache_identity
+from training.checkpoint import Checkpoints
+from training.config import apply_overrides, constants
+from training.curves import plot_curves
+from training.ddp import cleanup_ddp
+from training.evaluate import EvalSet, evaluate, log_eval
+from training.hooks import check_hook, hook_sources
+from training.run import GracefulStop, TrainProgress, log_data_summary, start_run
+from training.step import lr_at, sae_step
+from training.stream import token_stream
 
 # -----------------------------------------------------------------------------------------------------
 # model and data
@@ -40,7 +46,7 @@ data_root = ""               # dataset folder; '' = the dataset's default
 resolution = 224             # 224 -> 224x224, the 224_linear checkpoint's training size (14x14 tokens per view)
 hook = "enc_norm"            # 'enc_blocks.<i>' (0..23) | 'enc_norm' (what the decoder reads; the origin project's tap)
 # SAE (defaults: README "Defaults and why")
-sae_kind = "topk"            # 'topk' (+ AuxK) | 'batchtopk' | 'relu' (ReLU + L1); TopK: saev, sparsify, openai
+sae_kind = "topk"            # 'topk' (+ AuxK) | 'batchtopk' | 'matryoshka' (BatchTopK, nested prefixes) | 'relu' (+ L1)
 expansion = 16               # latents = expansion * d (16 x 1024 = 16384: saev's ViT-L sweeps)
 k = 32                       # active latents per token (topk, batchtopk): openai, sparsify, saev, BatchTopK
 aux_k = 512                  # AuxK: dead latents used to model the residual (Gao et al.)
@@ -87,23 +93,28 @@ if buffer_pairs // world % dust3r_batch:
     raise ValueError(f"dust3r_batch={dust3r_batch} must divide buffer_pairs/world = {buffer_pairs // world}")
 
 # data: the frozen DUSt3R, held-out pairs, the training-token stream (from DUSt3R or the cache)
-model = build_dust3r(checkpoint, dev, seed=seed, log=run.log)
+model = load_dust3r(checkpoint, dev, landscape_only=True, seed=seed, log=run.log)  # frozen, training variant
 check_hook(model, sources)
 d_in = model.enc_embed_dim  # encoder width (1024 for ViT-L)
 train_ds = make_dataset(dataset, root=data_root or None, resolution=resolution, split="train")
 val_ds = make_dataset(dataset, root=data_root or None, resolution=resolution, split="val")
 run.log(f"data: {len(train_ds)} train pairs, {len(val_ds)} val pairs; hook {hook} ({d_in}-d)")
-ev = EvalSet.from_model(model, val_ds, sources, dev, eval_pairs, dust3r_batch, fidelity)
+ev = EvalSet.from_model(model, val_ds, sources=sources, device=dev, n_pairs=eval_pairs,
+                        batch_size=dust3r_batch, fidelity=fidelity)
 tokens_per_pair = ev.tokens.shape[1]  # both views (196 tokens each at 224)
-stream = token_stream(model, train_ds, sources, dev, tokens_per_pair, batch_size, buffer_pairs, seed, rank, world,
-                      dust3r_batch, num_workers, cache_dir, train_tokens=train_tokens, log=run.log,
-                      identity=cache_identity(model, hook, dataset, data_root, resolution, dev) if cache else None)
+identity = cache_identity(model, hook=hook, dataset=dataset, data_root=data_root, resolution=resolution,
+                          device=dev) if cache else None  # None: stream live from DUSt3R
+stream = token_stream(model, train_ds, sources=sources, device=dev, tokens_per_pair=tokens_per_pair,
+                      batch_size=batch_size, buffer_pairs=buffer_pairs, seed=seed, rank=rank, world=world,
+                      dust3r_batch=dust3r_batch, num_workers=num_workers, cache_dir=cache_dir, identity=identity,
+                      train_tokens=train_tokens, log=run.log)
 
 # model: the SAE and its optimizer; resume from checkpoint/ when there is one, else initialise from the first buffer
 sae = SAE(SAEConfig(d_in=d_in, n_latents=expansion * d_in, kind=sae_kind, k=k, aux_k=aux_k, aux_coeff=aux_coeff,
                     dead_tokens=dead_window, l1_coeff=l1_coeff, l1_warmup_steps=max(1, total_steps // 20))).to(dev)
 optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
-ckpt = Checkpoints(run, sae, optimizer, config, batch_size, tokens_per_pair)
+ckpt = Checkpoints(run, sae, optimizer=optimizer, config=config, batch_size=batch_size,
+                   tokens_per_pair=tokens_per_pair)
 step = ckpt.resume_or_init(dev, init_sample=lambda: stream.init_sample(init_tokens))
 run.log(f"SAE {sae_kind} {d_in} -> {sae.cfg.n_latents} (k={k}); {total_steps} steps of {batch_size} tokens; "
         f"{tokens_per_pair} tokens per pair; world size {world}")
@@ -111,11 +122,13 @@ run.log(f"SAE {sae_kind} {d_in} -> {sae.cfg.n_latents} (k={k}); {total_steps} st
 # loop: one SAE step per batch; train records, held-out evals (rank 0) and checkpoints every so many steps
 stop = total_steps if max_steps <= 0 else min(total_steps, step + max_steps)
 graceful = GracefulStop()  # Ctrl-C / SIGTERM: finish the step, checkpoint, exit 130; a second one aborts at once
-progress = TrainProgress(run, step, total_steps, batch_size)
+progress = TrainProgress(run, step, total_steps=total_steps, batch_size=batch_size)
 batches = stream.batches(step)
 while step < stop and not graceful.requested(world, dev):
     x, _ = next(batches)  # (batch_size / world, d_in): a slice of the global batch per rank
-    out = sae_step(sae, optimizer, x, lr_at(step, total_steps, lr, warmup, decay_frac), grad_clip, world,
+    lr_now = lr_at(step, total_steps, lr=lr, warmup_steps=warmup, decay_frac=decay_frac)
+    # one call, not written out here: its order-sensitive constraint steps must match in both scripts (training/step.py)
+    out = sae_step(sae, optimizer, x=x, lr=lr_now, grad_clip=grad_clip, world_size=world,
                    bf16=sae_bf16 and dev.type == "cuda")
     step += 1
     progress.update(step, out, optimizer, record=step % log_every == 0 or step == stop)

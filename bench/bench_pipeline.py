@@ -2,7 +2,7 @@
 
 Run from the repo root:
 
-    /tmp/venv/bin/python -m bench.bench_pipeline --out results/bench_pipeline_cpu.json    # CPU, ~3 min on 2 cores
+    python -m bench.bench_pipeline --out results/bench_pipeline_cpu.json    # CPU, ~3 min on 2 cores
     python -m bench.bench_pipeline --device=cuda --pairs=512 --dust3r_batch=32 --batch_size=16384 \
         --buffer_pairs=256 --out results/bench_pipeline_cuda.json                         # GPU (bf16 autocast)
 
@@ -26,10 +26,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data import make_dataset  # noqa: E402
+from data import make_dataset, make_loader  # noqa: E402
+from models.loading import load_dust3r  # noqa: E402
 from models.sae import SAE, SAEConfig  # noqa: E402
-from workbench.activations import build_dust3r, extract, hook_sources, pair_loader  # noqa: E402
-from workbench.runs import sae_step  # noqa: E402
+from training.hooks import extract, hook_sources  # noqa: E402
+from training.step import sae_step  # noqa: E402
 
 PREFIXES = {"encoder": ("enc_blocks.", "enc_norm"), "decoder": ("dec_blocks",)}
 
@@ -42,13 +43,14 @@ def sync(device):
 def bench(side, args, device):
     hook = args.encoder_hook if side == "encoder" else args.decoder_hook
     sources = hook_sources(hook, PREFIXES[side])
-    model = build_dust3r(args.checkpoint, device)
+    model = load_dust3r(args.checkpoint, device, landscape_only=True)  # as the training scripts
     d = model.enc_embed_dim if side == "encoder" else model.dec_embed_dim
     sae = SAE(SAEConfig(d_in=d, n_latents=args.expansion * d, k=args.k)).to(device)
     opt = torch.optim.Adam(sae.parameters(), lr=2e-4)
     ds = make_dataset("builtin", split="train", resolution=224)
     n = args.buffer_pairs * (1 + args.pairs // args.buffer_pairs)  # one warm-up buffer, then the timed ones
-    loader = iter(pair_loader(ds, [i % len(ds) for i in range(n)], args.dust3r_batch, args.num_workers))
+    loader = iter(make_loader(ds, args.dust3r_batch, sampler=[i % len(ds) for i in range(n)],
+                              num_workers=args.num_workers))
     times = {"data": 0.0, "dust3r": 0.0, "sae": 0.0}
     pairs = tokens = steps = 0
     rng = torch.Generator(device=device).manual_seed(0)
@@ -74,8 +76,8 @@ def bench(side, args, device):
             sae.init_from_sample(buffer[:65536].float())
         perm = torch.randperm(len(buffer), device=device, generator=rng)
         for s in range(len(buffer) // args.batch_size):
-            sae_step(sae, opt, buffer[perm[s * args.batch_size:(s + 1) * args.batch_size]].float(), 2e-4, 1.0, 1,
-                     bf16=device.type == "cuda")  # as the scripts' default sae_bf16
+            sae_step(sae, opt, x=buffer[perm[s * args.batch_size:(s + 1) * args.batch_size]].float(), lr=2e-4,
+                     grad_clip=1.0, world_size=1, bf16=device.type == "cuda")  # as the scripts' default sae_bf16
             if timed:
                 steps += 1
                 tokens += args.batch_size

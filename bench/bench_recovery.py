@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from models.sae import FVU, SAE, SAEConfig
-from workbench.runs import lr_at, sae_step
+from training.step import lr_at, sae_step
 
 CONFIGS = {  # d, planted atoms, SAE width, k, active atoms per token (lo, hi), magnitudes, tokens, batch, ...
     "tiny": dict(d=32, atoms=128, width=256, k=4, active=(2, 4), mags="exp", noise=0.01, aniso=0.0, offset=0.0,
@@ -105,7 +105,7 @@ class Ours:
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=1.0)
 
     def step(self, x, lr):
-        sae_step(self.sae, self.opt, x, lr, GRAD_CLIP, 1)
+        sae_step(self.sae, self.opt, x=x, lr=lr, grad_clip=GRAD_CLIP, world_size=1)
 
     @torch.no_grad()
     def evaluate(self, x):
@@ -115,7 +115,7 @@ class Ours:
         return out.recon, out.latents != 0, self.sae.W_dec
 
     def bf16_step(self, x, lr):
-        sae_step(self.sae, self.opt, x, lr, GRAD_CLIP, 1, bf16=True)
+        sae_step(self.sae, self.opt, x=x, lr=lr, grad_clip=GRAD_CLIP, world_size=1, bf16=True)
 
 
 class Sparsify:
@@ -176,7 +176,7 @@ def run_config(name, c, lr, kinds, dev, seed, relu_l1):
     warm = max(1, total // 10)
     for step in range(total):
         x = data.sample(c["batch"]).to(dev)
-        lr_now = lr_at(step, total, lr, warm, 0.2)
+        lr_now = lr_at(step, total, lr=lr, warmup_steps=warm, decay_frac=0.2)
         for i, m in enumerate(models):
             t0 = time.perf_counter()
             m.step(x, lr_now)

@@ -3,11 +3,12 @@
 Random fp16 tokens stand in for an activation cache: they are written once to a memory-mapped file
 and every step reads its batch from there (fp16 -> fp32 on the device), as training from the cache
 does (the file sits in the page cache, so this times the copy and conversion, not a disk).
-One training step = forward, backward, parallel-gradient removal, grad-norm clip 1.0, Adam step,
-decoder renormalisation, dead-latent update; reported: the median over the timed steps.
+One training step = the scripts' sae_step (training/step.py): forward, backward, parallel-gradient removal,
+grad-norm clip 1.0, Adam step, decoder renormalisation, dead-latent update; reported: the median over the
+timed steps.
 Sizes: d = 1024 (encoder), 768 (decoder), 16x width, k = 32. Run from the repo root:
 
-    /tmp/venv/bin/python -m bench.bench_sae --threads 1 --steps 5 --out results/bench_sae_cpu.json  # CPU, ~2 min
+    python -m bench.bench_sae --threads 1 --steps 5 --out results/bench_sae_cpu.json  # CPU, ~2 min
     python -m bench.bench_sae --device=cuda --bf16 --out results/bench_sae_cuda.json  # GPU, bf16 autocast
 
 Variants: topk (fused sparse encoder backward + embedding_bag decode), topk-dense (reference:
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from models.sae import SAE, SAEConfig
+from training.step import sae_step
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -97,15 +99,7 @@ for d in [int(v) for v in args.dims.split(",")]:
                 x = torch.randn(batch, d, device=dev)
             sync()
             t1 = time.perf_counter()
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16):
-                out = sae(x)
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            sae.remove_parallel_grad()
-            torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
-            opt.step()
-            sae.normalize_decoder()
-            sae.update_dead_stats(out.latents)
+            out = sae_step(sae, opt, x=x, lr=2e-4, grad_clip=1.0, world_size=1, bf16=args.bf16)  # the scripts' step
             sync()
             t2 = time.perf_counter()
             if step >= args.warmup:

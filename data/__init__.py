@@ -4,10 +4,21 @@ make_dataset(name, ...) -> a Dataset whose items are (view1, view2) DUSt3R view 
 collate_pairs / make_loader batch them; patch_correspondences / predicted_correspondences map
 view-1 tokens to view-2 tokens.
 """
+import importlib
+
 from data.correspondence import patch_correspondences, predicted_correspondences
 from data.loading import collate_pairs, make_loader
 
-DATASETS = ("builtin", "blendedmvs", "arkitscenes", "folder", "middlebury")
+# One row per dataset, so adding one is one line: its class, whether it reads a root folder, and the name
+# of its held-out split ('val' or 'test'; None: the class has no splits and takes no `split`).
+REGISTRY = {
+    "builtin": ("data.scenes.BuiltinScenes", False, "val"),
+    "blendedmvs": ("data.blendedmvs.BlendedMVS", True, "val"),
+    "arkitscenes": ("data.arkitscenes.ARKitScenes", True, "test"),
+    "folder": ("data.folder.ImageFolderPairs", True, None),
+    "middlebury": ("data.middlebury.MiddleburyStereo", False, None),
+}
+DATASETS = tuple(REGISTRY)
 
 
 def make_dataset(name, root=None, resolution=224, split="train", seed=0, **kw):
@@ -18,24 +29,16 @@ def make_dataset(name, root=None, resolution=224, split="train", seed=0, **kw):
     arguments go to the dataset class (e.g. aug_crop, max_bad_fraction, window, n_scenes).
     """
     name = name.lower()
-    if name in ("blendedmvs", "arkitscenes", "folder") and root is None:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+    path, reads_root, held_out = REGISTRY[name]
+    if reads_root and root is None:
         raise ValueError(f"dataset {name!r} needs root=<path>; see README.md, section Data for the layout")
-    if name == "builtin":
-        from data.scenes import BuiltinScenes
-        return BuiltinScenes(split="val" if split == "test" else split, resolution=resolution, seed=seed, **kw)
-    if name == "blendedmvs":
-        from data.blendedmvs import BlendedMVS
-        return BlendedMVS(root, split="val" if split == "test" else split, resolution=resolution, seed=seed, **kw)
-    if name == "arkitscenes":
-        from data.arkitscenes import ARKitScenes
-        return ARKitScenes(root, split="test" if split == "val" else split, resolution=resolution, seed=seed, **kw)
-    if name == "folder":
-        from data.folder import ImageFolderPairs
-        return ImageFolderPairs(root, resolution=resolution, seed=seed, **kw)
-    if name == "middlebury":
-        from data.middlebury import MiddleburyStereo
-        return MiddleburyStereo(resolution=resolution, seed=seed, **kw)
-    raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+    module, cls = path.rsplit(".", 1)
+    if held_out is not None:
+        kw["split"] = held_out if split in ("val", "test") else split
+    return getattr(importlib.import_module(module), cls)(*([root] if reads_root else []), resolution=resolution,
+                                                         seed=seed, **kw)
 
 
 __all__ = ["make_dataset", "collate_pairs", "make_loader", "patch_correspondences", "predicted_correspondences",

@@ -1,11 +1,13 @@
-"""Batching: collate pairs into the view dicts the model takes, and a seeded DataLoader.
+"""Batching: collate pairs into the view dicts the model takes, and the one DataLoader of the project.
 
 collate_pairs follows DUSt3R's `collate_with_cat` in spirit: tensors and numpy arrays are stacked
 along a new batch dim (B, ...), true_shape becomes (B, 2) int64, strings become lists. make_loader
-adds deterministic seeded shuffling (a fresh permutation each epoch from one seeded generator),
-worker seeding, pinned memory and persistent workers (so render caches survive epochs).
+adds deterministic seeded shuffling (a fresh permutation each epoch from one seeded generator) or a
+given order (the training scripts' pair schedule), worker seeding, workers that leave Ctrl-C to the
+main process, pinned memory and persistent workers (so render caches survive epochs).
 """
 import random
+import signal
 
 import numpy as np
 import torch
@@ -47,7 +49,7 @@ class AspectBatchSampler(torch.utils.data.Sampler):
     """Batches of (idx, ar_idx) with one resolution per batch, for datasets with several resolutions
     (DUSt3R's BatchedRandomSampler idea). Seeded; a new order every epoch."""
 
-    def __init__(self, n, n_res, batch_size, shuffle=True, seed=0, drop_last=False):
+    def __init__(self, n, n_res, *, batch_size, shuffle=True, seed=0, drop_last=False):
         self.n, self.n_res, self.batch_size = n, n_res, batch_size
         self.shuffle, self.seed, self.drop_last, self.epoch = shuffle, seed, drop_last, 0
 
@@ -64,22 +66,31 @@ class AspectBatchSampler(torch.utils.data.Sampler):
             yield [(int(i), ar) for i in idx]
 
 
-def _seed_worker(worker_id):
+def _init_worker(worker_id):
     # torch gives each worker base_seed + id (base_seed from the loader's generator): pass it on
     s = torch.initial_seed() % 2**32
     np.random.seed(s)
     random.seed(s)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's: training checkpoints, then exits
 
 
-def make_loader(ds, batch_size, shuffle=True, seed=0, num_workers=2, pin_memory=None, sampler=None,
+def make_loader(ds, batch_size, *, shuffle=True, seed=0, num_workers=2, pin_memory=None, sampler=None,
                 drop_last=False):
-    """DataLoader over pairs yielding (view1, view2) batches; deterministic for a seed."""
+    """DataLoader over pairs yielding (view1, view2) batches.
+
+    Without a sampler: shuffled with a generator seeded by `seed` (deterministic), one resolution per batch
+    for multi-resolution datasets. With a sampler (any iterable of dataset indices: a list, the training
+    pair schedule): exactly its order; no generator then, so the loader draws its base seed from torch's
+    global RNG as a plain DataLoader does (the training scripts' SAE init follows that RNG stream).
+    """
     pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-    g = torch.Generator().manual_seed(seed)
-    kw = dict(num_workers=num_workers, collate_fn=collate_pairs, pin_memory=pin_memory, generator=g,
-              worker_init_fn=_seed_worker, persistent_workers=num_workers > 0)
-    if sampler is None and len(getattr(ds, "resolutions", [None])) > 1:
-        bs = AspectBatchSampler(len(ds), len(ds.resolutions), batch_size, shuffle, seed, drop_last)
+    kw = dict(num_workers=num_workers, collate_fn=collate_pairs, pin_memory=pin_memory, worker_init_fn=_init_worker,
+              persistent_workers=num_workers > 0)
+    if sampler is not None:
+        return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **kw)
+    kw["generator"] = torch.Generator().manual_seed(seed)
+    if len(getattr(ds, "resolutions", [None])) > 1:
+        bs = AspectBatchSampler(len(ds), len(ds.resolutions), batch_size=batch_size, shuffle=shuffle, seed=seed,
+                                drop_last=drop_last)
         return torch.utils.data.DataLoader(ds, batch_sampler=bs, **kw)
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle if sampler is None else False,
-                                       sampler=sampler, drop_last=drop_last, **kw)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, **kw)

@@ -412,6 +412,3 @@ def _true_shape(view: dict, img: torch.Tensor) -> torch.Tensor:
     if ts is None:
         return torch.tensor(img.shape[-2:])[None].repeat(img.shape[0], 1)
     return torch.as_tensor(ts).reshape(-1, 2).long()
-
-
-from models.loading import load_dust3r  # noqa: E402,F401  (re-exported: the one loading function)

@@ -5,7 +5,10 @@
     unpickled with torch's weights_only loader (tensors and argparse.Namespace only), the constructor string
     parsed with `ast` (never eval'd) after the two rewrites of the official load_model (dust3r/model.py);
   * a Hugging Face folder (config.json + model.safetensors), as naver's hub repos and save_pretrained write;
-  * a hub id such as 'naver/DUSt3R_ViTLarge_BaseDecoder_512_dpt' (downloaded, or taken from the local cache).
+  * a hub id such as 'naver/DUSt3R_ViTLarge_BaseDecoder_512_dpt' (downloaded, or taken from the local cache);
+  * 'random-tiny' / 'random-224': random weights drawn with `seed` (tests, CI, benchmarks; no download).
+When a file, folder or hub id cannot be found, checkpoints/<name> and checkpoints/<name>.pth are tried
+before giving up (machines without internet keep their weights there).
 Both official routes yield the inference variant (PatchEmbedDust3R, landscape_only=False); pass
 landscape_only=True for the training variant (ManyAR patch embedding + transposing heads), which our
 datasets use because they deliver portrait images as transposed landscape tensors.
@@ -32,30 +35,64 @@ CONFIG_FIELDS = {"output_mode", "head_type", "depth_mode", "conf_mode", "freeze"
                  "enc_num_heads", "dec_embed_dim", "dec_depth", "dec_num_heads", "mlp_ratio", "norm_im2_in_dec",
                  "pos_embed"}
 UNUSED_KEYS = ("mask_token",)  # CroCo's mask token: in every checkpoint, never read by DUSt3R's forward
+# random-weight models: DUSt3R_ViTLarge_BaseDecoder_224_linear's architecture, and a tiny one for tests and CI
+RANDOM_MODELS = {
+    "random-224": dict(enc_embed_dim=1024, enc_depth=24, enc_num_heads=16, dec_embed_dim=768, dec_depth=12,
+                       dec_num_heads=12, head_type="linear", pos_embed="RoPE100", img_size=(224, 224)),
+    "random-tiny": dict(enc_embed_dim=32, enc_depth=2, enc_num_heads=2, dec_embed_dim=32, dec_depth=2,
+                        dec_num_heads=2, head_type="linear", pos_embed="RoPE100")}
+LOCAL_DIR = "checkpoints"  # offline fallback: checkpoints/<name> or checkpoints/<name>.pth (relative to the cwd)
 _ALIAS = re.compile(r"^(.*\.dpt\.scratch\.)layer_rn\.([0-3])\.weight$")  # == ...layer{i+1}_rn.weight
 
 
-def load_dust3r(source: str, device="cpu", landscape_only: bool = False) -> AsymmetricCroCo3DStereo:
-    """Build DUSt3R from a .pth file, a Hugging Face folder or a hub id; frozen, in eval mode, on `device`."""
+def load_dust3r(source: str, device="cpu", *, landscape_only: bool = False, seed: int = 0,
+                log=print) -> AsymmetricCroCo3DStereo:
+    """Build DUSt3R from a .pth file, a Hugging Face folder, a hub id or 'random-tiny' / 'random-224' (random
+    weights drawn with `seed`); frozen, in eval mode, on `device`. `log` reports an offline fallback."""
     source = os.fspath(source)
-    if os.path.isfile(source):
-        config, state = _read_pth(source)
-    elif os.path.isdir(source):
-        config, state = _read_hf_folder(source)
-    elif re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.startswith((".", "/")):
-        config, state = _read_hf_folder(_hub_folder(source))
+    if source in RANDOM_MODELS:  # the inference variant, as the official loader builds it
+        config, state = dict(RANDOM_MODELS[source], patch_embed_cls="PatchEmbedDust3R", landscape_only=False), None
     else:
-        raise FileNotFoundError(f"{source}: no such file or folder (expected an official .pth, a folder with "
-                                f"config.json + model.safetensors, or a hub id like naver/{OFFICIAL_MODELS[0]})")
+        try:
+            config, state = _read(source)
+        except FileNotFoundError as err:
+            local = next((p for p in _local_copies(source) if os.path.exists(p)), None)
+            if local is None:
+                raise FileNotFoundError(f"{err}\n(also looked for {' and '.join(_local_copies(source))})") from None
+            log(f"checkpoint {source} unreachable; using local copy {local}")
+            (config, state), source = _read(local), local
     if landscape_only:
         config.update(patch_embed_cls="ManyAR_PatchEmbed", landscape_only=True)
-    model = build_dust3r(config, source)
-    load_state_dict_strict(model, state, source)
+    if state is None:
+        with torch.random.fork_rng(devices=[]):  # the caller's RNG stream is left as it was
+            torch.manual_seed(seed)
+            model = from_config(config, source)
+    else:
+        model = load_state_dict_strict(from_config(config, source), state, source)
     model.eval().requires_grad_(False)
     return model.to(device)
 
 
-def build_dust3r(config: dict, source: str = "config") -> AsymmetricCroCo3DStereo:
+def _read(source):
+    """(config, state dict) of a .pth, a Hugging Face folder or a hub id."""
+    if os.path.isfile(source):
+        return _read_pth(source)
+    if os.path.isdir(source):
+        return _read_hf_folder(source)
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.startswith((".", "/")):
+        return _read_hf_folder(_hub_folder(source))
+    raise FileNotFoundError(f"{source}: no such file or folder (expected an official .pth, a folder with "
+                            f"config.json + model.safetensors, or a hub id like naver/{OFFICIAL_MODELS[0]})")
+
+
+def _local_copies(source):
+    """Where a local copy of an unreachable source may lie: checkpoints/<name>, checkpoints/<name>.pth."""
+    name = source.rstrip("/").split("/")[-1]
+    return [os.path.join(LOCAL_DIR, name), os.path.join(LOCAL_DIR, name + ".pth")]
+
+
+def from_config(config: dict, source: str = "config") -> AsymmetricCroCo3DStereo:
+    """A randomly initialised DUSt3R from constructor keywords, validated (errors name `source`)."""
     unknown = sorted(set(config) - CONFIG_FIELDS)
     if unknown:
         raise ValueError(f"{source}: unknown DUSt3R config field(s) {unknown}; known: {sorted(CONFIG_FIELDS)}")

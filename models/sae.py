@@ -2,7 +2,8 @@
 
 Legend: B tokens in a batch, D activation width (d_in), S latents (n_latents), K active latents/token.
 
-One class, four kinds (an `if` per kind, no class hierarchy; style notes 3.2):
+One class, four kinds (no class hierarchy: each kind's inference code is one function in CODES, its
+training path one branch of `forward`):
   topk        TopK + AuxK dead-latent loss (Gao et al. 2024, "Scaling and evaluating sparse autoencoders")
   batchtopk   top B*K activations over the whole batch (Bussmann et al. 2024); an EMA threshold
               (SAELens, lr 0.01) replaces the batch top-k at inference, i.e. a JumpReLU
@@ -28,7 +29,26 @@ from einops import einsum, rearrange
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-KINDS = ("topk", "batchtopk", "matryoshka", "relu")
+
+def _codes_topk(sae, pre):
+    """pre (B, S) -> the K largest per token, ReLU'd; the rest 0."""
+    vals, idx = pre.topk(sae.cfg.k, dim=1, sorted=False)
+    return torch.zeros_like(pre).scatter_(1, idx, vals.relu())
+
+
+def _codes_batchtopk(sae, pre):
+    """pre (B, S) -> JumpReLU at the EMA threshold learnt in training (replaces the batch top-k);
+    Matryoshka uses it too."""
+    return pre.relu() * (pre > sae.threshold)
+
+
+def _codes_relu(sae, pre):
+    return pre.relu()
+
+
+# SAE kind -> its inference code function (pre-activations (B, S) -> codes (B, S), normalised units)
+CODES = {"topk": _codes_topk, "batchtopk": _codes_batchtopk, "matryoshka": _codes_batchtopk, "relu": _codes_relu}
+KINDS = tuple(CODES)
 # Encoder columns start as the decoder rows times this norm. Adam moves every weight by about lr per step
 # whatever its scale, so the encoder's relative step is ~ lr * sqrt(D) / ||w_enc||: unit-norm columns made
 # our encoder learn 1.7x slower than sparsify's (nn.Linear init, ||w|| ~ 1/sqrt(3)) at the same lr, the
@@ -212,12 +232,7 @@ class SAE(nn.Module):
 
     def _dense_codes(self, pre: torch.Tensor) -> torch.Tensor:
         """pre (B, S) -> inference codes f (B, S), normalised units."""
-        if self.cfg.kind == "topk":
-            vals, idx = pre.topk(self.cfg.k, dim=1, sorted=False)
-            return torch.zeros_like(pre).scatter_(1, idx, vals.relu())
-        if self.cfg.kind in ("batchtopk", "matryoshka"):
-            return pre.relu() * (pre > self.threshold)
-        return pre.relu()
+        return CODES[self.cfg.kind](self, pre)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, D) raw -> z (B, S) dense latents in raw units (BatchTopK uses its threshold)."""

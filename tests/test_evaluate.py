@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from data import collate_pairs, make_dataset
-from workbench.activations import build_dust3r, hook_sources
-from workbench.evaluate import CONF_ALPHA, EvalSet, LossSum, evaluate, ground_truth
+from models.loading import load_dust3r
+from training.evaluate import CONF_ALPHA, EvalSet, LossSum, evaluate, ground_truth, log_eval
+from training.hooks import hook_sources
 
 torch.set_num_threads(1)
 
@@ -58,9 +59,10 @@ class _Stub(torch.nn.Module):
 
 @pytest.mark.parametrize("hook", ["enc_blocks.1", "dec_blocks*.0"])
 def test_fidelity_score_ends(hook):
-    model = build_dust3r("random-tiny", torch.device("cpu"))
+    model = load_dust3r("random-tiny", torch.device("cpu"), landscape_only=True)
     sources = hook_sources(hook, ("enc", "dec"))
-    ev = EvalSet.from_model(model, make_dataset("builtin", split="val"), sources, torch.device("cpu"), 2, 2)
+    ev = EvalSet.from_model(model, make_dataset("builtin", split="val"), sources=sources, device=torch.device("cpu"),
+                            n_pairs=2, batch_size=2)
     perfect = evaluate(_Stub(32), ev)
     assert perfect["fvu"] == pytest.approx(0, abs=1e-12)
     assert perfect["score_vs_clean"] == pytest.approx(1, abs=1e-5)
@@ -72,3 +74,22 @@ def test_fidelity_score_ends(hook):
     else:  # two branches, two means: the pooled FVU is reported per branch too
         assert {"fvu_branch1", "fvu_branch2"} <= set(perfect)
     assert math.isfinite(perfect["L_ablate_vs_gt"]) and perfect["L_ablate_vs_clean"] > perfect["L_clean_vs_clean"]
+
+
+class _Run:
+    def __init__(self):
+        self.records, self.lines = [], []
+
+    def metrics(self, rec):
+        self.records.append(rec)
+
+    def log(self, line):
+        self.lines.append(line)
+
+
+def test_eval_log_line_shows_every_scalar_present():
+    run = _Run()
+    log_eval(run, 6, 1536, dict(fvu=0.25, l0=4.0, eval_tokens=784, new_metric=0.5, density_counts=[1, 2]))
+    assert run.records == [dict(kind="eval", step=6, tokens=1536, fvu=0.25, l0=4.0, eval_tokens=784,
+                                new_metric=0.5, density_counts=[1, 2])]
+    assert run.lines == ["step 6: eval fvu 0.25 l0 4 eval_tokens 784 new_metric 0.5"]  # lists stay in metrics.jsonl

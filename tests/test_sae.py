@@ -1,6 +1,6 @@
 """Tests for models/sae.py: dictionary recovery, sparsity invariants, constraints, save/load, metrics.
 
-Run: /tmp/venv/bin/python -m pytest -q tests/test_sae.py   (about 15 s on a 2-core CPU)
+Run: python -m pytest -q tests/test_sae.py   (about 15 s on a 2-core CPU)
 """
 import json
 
@@ -61,6 +61,7 @@ def frac_recovered(sae, atoms, thresh=0.9):
     return (cos.max(1).values > thresh).float().mean().item()
 
 
+@pytest.mark.slow  # hundreds of training steps per kind
 @pytest.mark.parametrize("kind,steps,kw", [("topk", 400, {}), ("matryoshka", 400, {}),
                                            ("relu", 800, {"l1_coeff": 0.1, "l1_warmup_steps": 100})])
 def test_recovers_most_atoms(kind, steps, kw):
@@ -262,6 +263,7 @@ def _dead_stats_worker(rank, port, out_dir):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned processes with a gloo process group
 def test_dead_stats_shared_across_ranks(tmp_path):
     import socket
     import torch.multiprocessing as mp

@@ -9,10 +9,13 @@ import re
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
-from workbench import figures
-from workbench.ply import read_ply
+from analysis import figures
+from analysis.ply import read_ply
+
+pytestmark = pytest.mark.slow  # end-to-end runs of the scripts: deselect with -m 'not slow'
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RES = 96  # builtin scenes at 96x96: a 6x6 patch grid, fast to render

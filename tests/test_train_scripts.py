@@ -13,8 +13,11 @@ from safetensors.torch import load_file
 
 from data import make_dataset
 from models.sae import FVU, SAE
-from workbench.activations import build_dust3r, hook_sources
-from workbench.evaluate import EvalSet
+from models.loading import load_dust3r
+from training.evaluate import EvalSet
+from training.hooks import hook_sources
+
+pytestmark = pytest.mark.slow  # end-to-end runs of the scripts: deselect with -m 'not slow'
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 12 steps of 256 tokens = 8 pairs (2 buffers of 4 pairs); evals at steps 6 and 12; checkpoint every 5.
@@ -76,9 +79,9 @@ def test_encoder_run_folder_is_complete(ref):
     # the saved SAE acts on raw tokens: same FVU on the held-out tokens as the run's last eval
     sae = SAE.load(ref)
     assert (sae.cfg.d_in, sae.cfg.n_latents, sae.cfg.k) == (32, 128, 4)
-    model = build_dust3r("random-tiny", torch.device("cpu"))
-    ev = EvalSet.from_model(model, make_dataset("builtin", split="val"), hook_sources("enc_norm", ("enc",)),
-                            torch.device("cpu"), 2, 2, fidelity=False)
+    model = load_dust3r("random-tiny", torch.device("cpu"), landscape_only=True)
+    ev = EvalSet.from_model(model, make_dataset("builtin", split="val"), sources=hook_sources("enc_norm", ("enc",)),
+                            device=torch.device("cpu"), n_pairs=2, batch_size=2, fidelity=False)
     x = ev.tokens.reshape(-1, 32).float()
     fvu = FVU()
     fvu.update(x, sae.decode(sae.encode(x)))

@@ -1,5 +1,5 @@
-"""workbench/runs.py pieces not covered by the training smoke runs: the unreadable-pair summary at the
-end of a run, and the curves figure of a run without fidelity scores."""
+"""training/run.py pieces not covered by the training smoke runs: the unreadable-pair summary at the
+end of a run."""
 import json
 import warnings
 
@@ -9,7 +9,7 @@ import torch
 from data import make_dataset
 from data.render import render
 from data.scenes import make_scene
-from workbench.runs import Run, log_data_summary, plot_curves
+from training.run import Run, log_data_summary
 
 
 def test_data_summary_counts_unreadable_pairs(tmp_path):
@@ -34,16 +34,3 @@ def test_data_summary_counts_unreadable_pairs(tmp_path):
     assert log[0].startswith("data train: ") and log[1].startswith("data val: ")
     assert train_line["bad_items"] == 2 and train_line["bad_fraction"] == 2 / 3 and "1.png" in train_line["examples"][0]
     assert val_line["bad_items"] == 0
-
-
-def test_curves_without_fidelity_scores_draw_without_warnings(tmp_path):
-    """A run with fidelity=False has no score_* keys: that panel gets no (empty) legend and no warning."""
-    train = dict(kind="train", tokens=256, loss=1.0, recon_mse=0.5, l0=4.0)
-    ev = dict(kind="eval", tokens=256, fvu=0.5, l0=4.0, dead_frac=0.1, dense_frac=0.0,
-              density_edges=[-3.0, -2.0, -1.0], density_counts=[1, 2])
-    with open(tmp_path / "metrics.jsonl", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in (train, ev, dict(kind="data", step=1, train_bad_items=0)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        plot_curves(str(tmp_path), title="no fidelity")
-    assert (tmp_path / "curves.png").stat().st_size > 0

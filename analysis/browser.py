@@ -9,10 +9,9 @@ data URIs (embed=True: a single file to mail around). CSS and JS are inline; not
 import base64
 import html
 import json
-import math
 import os
 
-import numpy as np
+from analysis.report import json_safe
 
 # --------------------------------------------------------------------------------------------
 FLOAT_DIGITS = 4  # significant digits of numbers in the inline JSON table
@@ -52,19 +51,10 @@ render();
 """
 
 
-def _clean(v):
-    """JSON-safe scalar: NaN/inf -> None, numpy -> python, floats rounded."""
-    if isinstance(v, (np.integer, int, np.bool_, bool)):
-        return int(v)
-    if isinstance(v, (np.floating, float)):
-        return None if not math.isfinite(v) else float(f"{float(v):.{FLOAT_DIGITS}g}")
-    return str(v)
-
-
 def _show(v):
-    """Number or text for a card / the info table; NaN shows as n/a."""
-    v = _clean(v)
-    return "n/a" if v is None else str(v)
+    """Number or text for a card / the info table; NaN shows as n/a, a flag as 1 / 0."""
+    v = json_safe(v, FLOAT_DIGITS)
+    return "n/a" if v is None else str(int(v) if isinstance(v, bool) else v)
 
 
 def _src(path, html_dir, embed):
@@ -75,7 +65,7 @@ def _src(path, html_dir, embed):
         return "data:image/png;base64," + base64.b64encode(f.read()).decode("ascii")
 
 
-def write_browser(path, title, info, table, cards, figures=(), embed=False):
+def write_browser(path, title, *, info, table, cards, figures=(), embed=False):
     """Write the browser to `path`.
 
     info: dict of run facts shown at the top (hook, pairs, correspondence source ...);
@@ -85,7 +75,7 @@ def write_browser(path, title, info, table, cards, figures=(), embed=False):
     """
     html_dir = os.path.dirname(os.path.abspath(path))
     n = len(table["latent"])
-    rows = [{c: _clean(v[i]) for c, v in table.items()} for i in range(n)]
+    rows = [{c: json_safe(v[i], FLOAT_DIGITS) for c, v in table.items()} for i in range(n)]
     for r in rows:
         r["card"] = int(r["latent"] in cards)
     labels = sorted({r.get("label", "") for r in rows} - {""})

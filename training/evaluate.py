@@ -7,7 +7,7 @@ log10 feature-density histogram.
 
 Spliced 3D fidelity: DUSt3R is run with the hook point's tokens replaced by (a) nothing (clean),
 (b) the SAE reconstruction, (c) the per-dimension mean of that hook point over the eval tokens
-(mean-ablation; zero-ablation is too extreme for a residual stream, sae_anchors 3), and
+(mean-ablation; zero-ablation is too extreme for a residual stream), and
     score = (L_ablate - L_sae) / (L_ablate - L_clean)        1 = as good as clean, 0 = as bad as ablated
 with L DUSt3R's training loss ConfLoss(Regr3D(L21, norm_mode='avg_dis'), alpha=0.2): both pointmaps of a
 pair (view 2 in view 1's frame) divided by their average distance to the origin over the valid pixels of
@@ -19,8 +19,9 @@ The clean and mean-ablated runs depend only on the eval set, so they are compute
 import torch
 from einops import einsum
 
+from data import make_loader
 from models.sae import FVU, FiringStats
-from workbench.activations import autocast, extract, views_to
+from training.hooks import autocast, extract, views_to
 
 CONF_ALPHA = 0.2  # DUSt3R's training recipe: ConfLoss(Regr3D(L21, norm_mode='avg_dis'), alpha=0.2)
 
@@ -75,7 +76,7 @@ class EvalSet:
     """Held-out pairs prepared once: hook tokens (n, T, C), branch ids, and for the spliced score the view
     batches plus the clean and mean-ablated losses."""
 
-    def __init__(self, tokens, branch, sources, model=None, batches=(), device="cpu"):
+    def __init__(self, tokens, branch, *, sources, model=None, batches=(), device="cpu"):
         self.tokens, self.branch, self.sources, self.model, self.device = tokens, branch, sources, model, device
         self.batches, self.clean, self.gt = list(batches), [], []
         # per hook point mean over all its eval tokens (views through the same point share one mean)
@@ -107,15 +108,15 @@ class EvalSet:
                 self.loss_clean["gt"], self.loss_ablate["gt"] = clean_gt.value(), ablate_gt.value()
 
     @classmethod
-    def from_model(cls, model, dataset, sources, device, n_pairs, batch_size, fidelity=True):
-        from workbench.activations import pair_loader
-        loader = pair_loader(dataset, list(range(min(n_pairs, len(dataset)))), batch_size, 0)
+    def from_model(cls, model, dataset, *, sources, device, n_pairs, batch_size, fidelity=True):
+        loader = make_loader(dataset, batch_size, sampler=range(min(n_pairs, len(dataset))), num_workers=0)
         batches, toks = [], []
         for view1, view2 in loader:
             x, branch = extract(model, view1, view2, sources, device)
             toks.append(x.cpu())
             batches.append((view1, view2))
-        return cls(torch.cat(toks), branch, sources, model if fidelity else None, batches if fidelity else (), device)
+        return cls(torch.cat(toks), branch, sources=sources, model=model if fidelity else None,
+                   batches=batches if fidelity else (), device=device)
 
     @torch.no_grad()
     def _run(self, view1, view2, edits):
@@ -172,3 +173,11 @@ def evaluate(sae, ev, chunk_tokens=8192, dense_thresh=1e-2):
                             f"score_vs_{key}": (la - ls) / (la - lc) if la != lc else float("nan")})
     sae.train(was_training)
     return out
+
+
+def log_eval(run, step, tokens, metrics):
+    """An 'eval' record of `evaluate`'s metrics in metrics.jsonl, and a line in log.txt with every scalar
+    metric present (so a new metric in `evaluate` shows up there without an edit here)."""
+    run.metrics(dict(kind="eval", step=step, tokens=tokens, **metrics))
+    scalars = [f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    run.log(f"step {step}: eval " + " ".join(scalars))

@@ -7,7 +7,7 @@ rgb), readable by MeshLab, CloudCompare, Open3D, Blender.
 """
 import numpy as np
 
-from workbench.figures import overlay
+from analysis.figures import overlay
 
 # --------------------------------------------------------------------------------------------
 CONF_MIN = 1.5  # keep pixels with DUSt3R confidence >= this (conf = 1 + exp(c) >= 1)
@@ -55,7 +55,7 @@ def real_orientation(arr, true_shape):
     return arr if arr.shape[:2] == hw else np.swapaxes(arr, 0, 1)
 
 
-def latent_pointcloud(rgbs, pts, confs, acts, vmax, conf_min=CONF_MIN):
+def latent_pointcloud(rgbs, pts, *, confs, acts, vmax, conf_min=CONF_MIN):
     """Points of both views coloured by a latent: the photo darkened where it is silent, the
     activation colour map over it where it fires (same blend as the 2-D overlays).
 

@@ -1,4 +1,4 @@
-"""Multi-view metrics on synthetic activations with planted latents (workbench/multiview.py).
+"""Multi-view metrics on synthetic activations with planted latents (analysis/multiview.py).
 
 Planted latents on an 8x8 grid, view-2 token = view-1 token shifted by (1, 2) patches:
 0 fires at corresponding patches of both views (consistent), 1 at random places in each view,
@@ -8,7 +8,7 @@ null must catch it), 5 dense noise everywhere.
 import numpy as np
 import torch
 
-from workbench import multiview as mv
+from analysis import multiview as mv
 
 H, W, S, P = 8, 8, 6, 40
 N = H * W

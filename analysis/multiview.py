@@ -20,8 +20,8 @@ from scipy import special
 import torch
 
 # --------------------------------------------------------------------------------------------
-MIN_SUPPORT = 50  # firing matched patches needed in EACH view before a latent is tested (§2.2)
-N_PERM = 200  # draws of the shuffled-correspondence null (>= 200, §2.2)
+MIN_SUPPORT = 50  # firing matched patches needed in EACH view before a latent is tested (README, How to read the metrics)
+N_PERM = 200  # draws of the shuffled-correspondence null (>= 200: the smallest p is 1/201)
 TAIL_MIN = 10  # fewer draws than this at or above the observed C: normal-tail p-value
 FDR_ALPHA = 0.05  # Benjamini-Hochberg level across tested latents
 MIN_SHIFT = 3  # patches; the shift null moves m(p) by >= this (Chebyshev, on a torus)
@@ -278,7 +278,7 @@ def view_asymmetry(pa, n_boot=N_BOOT, seed=0):
 
 
 def slot_swap(pa_ab, pa_ba):
-    """Slot-swap control (§2.3): pairs run as (A, B) and as (B, A). Per latent:
+    """Slot-swap control (README, How to read the metrics): pairs run as (A, B) and as (B, A). Per latent:
     slot_specificity S = (sum_X s(X|1) - sum_X s(X|2)) / sum_X (s(X|1) + s(X|2)) (signed; |S| high
     -> tracks the branch/slot), content_following F = corr over images X of (s(X|1), s(X|2))
     (high -> tracks image content). s(X|v) = mass of the latent on image X's tokens in slot v.
@@ -314,7 +314,7 @@ def latent_stats(pa):
 
 
 def dust_threshold(pa, frac=0.1, q=0.999):
-    """Per-latent firing threshold tau_k = frac * quantile_q(a_k) over all tokens (§2.2, for
+    """Per-latent firing threshold tau_k = frac * quantile_q(a_k) over all tokens (for
     ReLU+L1 SAEs whose codes carry small 'dust'); vectorised over the CSC columns."""
     z = sp.vstack([pa.z1, pa.z2]).tocsc()
     z.sort_indices()

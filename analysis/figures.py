@@ -96,7 +96,7 @@ def warp_to_view1(act2, corr, grid1):
     return out.reshape(grid1)
 
 
-def latent_heatmap(rgb1, rgb2, act1, act2, vmax, corr=None, title=""):
+def latent_heatmap(rgb1, rgb2, *, act1, act2, vmax, corr=None, title=""):
     """Heatmap overlays of one latent on both views (+ view 2 warped onto view 1 if corr is given),
     each panel labelled, with a colour bar; returns uint8 (2 CAPTION_H + H, panels + BAR_W, 3)."""
     panels = [("view 1", overlay(rgb1, act1, vmax)), ("view 2", overlay(rgb2, act2, vmax))]
@@ -188,7 +188,7 @@ def layer_figure(rows, path):
     plt.close(fig)
 
 
-def pointcloud_preview(xyz, rgb, path, title="", max_points=40000, seed=0):
+def pointcloud_preview(xyz, rgb, *, path, title="", max_points=40000, seed=0):
     """PNG preview of a latent's PLY point cloud: two views (camera 1's, and from above-right) of the
     coloured points, camera 1's frame (x right, y down, z forward) shown with y up."""
     xyz, rgb = np.asarray(xyz, np.float64), np.asarray(rgb, np.float64) / 255.0
