@@ -41,10 +41,10 @@ CONFIGS = {  # d, planted atoms, SAE width, k, active atoms per token (lo, hi), 
                  corr=0.0, zipf=0.0, tokens=100_000, batch=512),   # tests/test_sae_recovery.py's case
     "toy": dict(d=64, atoms=512, width=1024, k=8, active=(4, 8), mags="exp", noise=0.01, aniso=0.0, offset=0.0,
                 corr=0.0, zipf=0.0, tokens=400_000, batch=2048),
-    "mid": dict(d=256, atoms=2048, width=4096, k=16, active=(8, 16), mags="exp", noise=0.02, aniso=0.0, offset=1.0,
-                corr=0.0, zipf=0.5, tokens=400_000, batch=2048),
-    "vit": dict(d=1024, atoms=2048, width=4096, k=32, active=(16, 32), mags="lognormal", noise=0.05, aniso=1.0,
-                offset=3.0, corr=0.3, zipf=0.7, tokens=300_000, batch=1024),
+    "mid": dict(d=256, atoms=1024, width=2048, k=16, active=(8, 16), mags="exp", noise=0.02, aniso=0.0, offset=1.0,
+                corr=0.0, zipf=0.5, tokens=200_000, batch=1024),
+    "vit": dict(d=1024, atoms=1024, width=2048, k=16, active=(8, 16), mags="lognormal", noise=0.05, aniso=1.0,
+                offset=3.0, corr=0.3, zipf=0.7, tokens=100_000, batch=512),
 }
 GRAD_CLIP = 1.0   # what train_encoder_sae.py / train_decoder_sae.py use
 
@@ -94,18 +94,37 @@ def recovery(atoms, rows):
 
 
 class Ours:
-    """Our SAE trained by the scripts' sae_step (same init path as the scripts: init_from_sample)."""
+    """Our SAE trained by the scripts' sae_step (same init path as the scripts: init_from_sample).
 
-    def __init__(self, kind, c, total_steps, init_x, l1_coeff=5e-3):
-        self.name = kind
+    spec = kind[:tweak...], the tweaks being the diagnosis's single-factor changes to our recipe:
+    enc=<c> encoder columns of norm c at init (the recipe: models.sae.ENC_INIT_NORM), clip=<v> grad clip,
+    nonorm no input normalisation (mu = 0, s = 1), bmean b_dec at the sample mean instead of the median."""
+
+    def __init__(self, spec, c, total_steps, init_x, l1_coeff=5e-3):
+        kind, *tweaks = spec.split(":")
+        self.name, self.clip = spec, GRAD_CLIP
         self.sae = SAE(SAEConfig(d_in=c["d"], n_latents=c["width"], kind=kind, k=c["k"],
                                  dead_tokens=min(10_000_000, max(c["batch"], c["tokens"] // 20)), l1_coeff=l1_coeff,
                                  l1_warmup_steps=max(1, total_steps // 20)))
         self.sae.init_from_sample(init_x)
+        with torch.no_grad():
+            for t in tweaks:
+                if t.startswith("enc="):
+                    self.sae.W_enc.copy_(self.sae.W_dec.t() * float(t[4:]))
+                elif t.startswith("clip="):
+                    self.clip = float(t[5:])
+                elif t == "nonorm":
+                    self.sae.norm_mean.zero_()
+                    self.sae.norm_scale.fill_(1.0)
+                    self.sae.b_dec.copy_(init_x.mean(0))
+                elif t == "bmean":
+                    self.sae.b_dec.copy_(((init_x - self.sae.norm_mean) * self.sae.norm_scale).mean(0))
+                else:
+                    raise SystemExit(f"--kinds: unknown tweak {t!r} in {spec!r}; expected enc=, clip=, nonorm, bmean")
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=1.0)
 
     def step(self, x, lr):
-        sae_step(self.sae, self.opt, x=x, lr=lr, grad_clip=GRAD_CLIP, world_size=1)
+        sae_step(self.sae, self.opt, x=x, lr=lr, grad_clip=self.clip, world_size=1)
 
     @torch.no_grad()
     def evaluate(self, x):
@@ -227,7 +246,8 @@ def main():
     p.add_argument("--configs", default="tiny,toy,mid,vit", help=f"comma list of {sorted(CONFIGS)}")
     p.add_argument("--lrs", default="3e-3", help="comma list of peak learning rates (a sweep)")
     p.add_argument("--kinds", default="topk,batchtopk,matryoshka,sparsify",
-                   help="ours: topk, batchtopk, matryoshka, relu; 'sparsify' = its TopK SparseCoder")
+                   help="ours: topk, batchtopk, matryoshka, relu, each optionally with ':'-separated tweaks "
+                   "(class Ours; e.g. topk:enc=1:clip=0); 'sparsify' = its TopK SparseCoder")
     p.add_argument("--quick", action="store_true", help="a quarter of the tokens (smoke run, ~5 min on 2 cores)")
     p.add_argument("--throughput", action="store_true", help="only the one-step throughput comparison")
     p.add_argument("--steps", type=int, default=3, help="--throughput: timed steps per library")
@@ -236,8 +256,11 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--relu_l1", default="", help="ReLU+L1 coefficient per config, e.g. toy=0.02,vit=0.01")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: small ops on a shared machine "
+                   "run faster than with oversubscribed OpenMP threads)")
     p.add_argument("--out", default="", help="write the rows as JSON here")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     if dev.type == "cpu":   # must precede the first sparsify import
         os.environ["SPARSIFY_DISABLE_TRITON"] = "1"
