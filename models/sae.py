@@ -11,7 +11,7 @@ training path one branch of `forward`):
               input on their own (Bussmann et al. 2025, "Learning multi-level features with Matryoshka
               SAEs"): early latents learn coarse features, later ones refine them, against feature absorption
   relu        ReLU + L1 weighted by decoder row norms, L1 warmed up linearly (Anthropic April-2024 update)
-Recipe (the consensus of openai/sparse_autoencoder, sparsify, saev, SAELens, dictionary_learning): b_dec subtracted before the encoder, tied init W_enc = W_dec^T,
+Recipe (the consensus of openai/sparse_autoencoder, sparsify, saev, SAELens, dictionary_learning): b_dec subtracted before the encoder, tied init W_enc = W_dec^T / sqrt(3) (ENC_INIT_NORM),
 b_dec at the geometric median of a sample (openai), unit-norm decoder rows with the gradient parallel
 to them removed (openai, sparsify, saev), inputs mean-centred and scaled so E||x|| = sqrt(D)
 (SAELens, saev v0.1), folded into the weights by `save` so a saved SAE acts on raw activations.
@@ -91,7 +91,7 @@ class SAEConfig:
 class SAEOutput(NamedTuple):
     recon: torch.Tensor      # (B, D) reconstruction in raw activation space
     latents: torch.Tensor    # (B, S) dense latent activations in raw units, detached
-    loss: torch.Tensor       # scalar to backprop: recon_mse + aux_coeff*aux_loss + l1 weight*l1
+    loss: torch.Tensor       # scalar to backprop: recon_mse (matryoshka: mean prefix MSE) + aux + l1 terms
     recon_mse: torch.Tensor  # mean squared error per element, normalised space
     aux_loss: torch.Tensor   # AuxK normalised MSE of the residual (0 when no latent is dead)
     l1: torch.Tensor         # mean over tokens of sum_i f_i ||W_dec,i||, normalised space (relu)
@@ -152,6 +152,8 @@ class SAE(nn.Module):
                     e^ = relu(topk_{aux_k}(pre over dead latents)) W_dec   (no b_dec: sparsify PR #134)
         l1        = mean_B sum_S f_i ||W_dec,i||
         loss      = recon_mse + aux_coeff aux_loss + l1_coeff min(1, step / l1_warmup_steps) l1
+    Matryoshka replaces recon_mse in the loss by the mean over its G prefixes m of
+        mean_{B,D} (f[:, :m] W_dec[:m] + b_dec - x_n)^2     (recon_mse stays the full dictionary's)
     """
 
     def __init__(self, cfg: SAEConfig):

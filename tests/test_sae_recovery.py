@@ -8,19 +8,20 @@ import torch
 
 from bench.bench_recovery import CONFIGS, run_config
 
-# sparsify 1.3.3's SparseCoder on this case, measured by (see the README table, row 'tiny'):
+# sparsify 1.3.3's SparseCoder on this case at lr 3e-3: recovery 0.9073, FVU 0.1527 (ours: 0.9105, 0.1514),
+# measured on the 2-core dev CPU (torch 2.14.1, 1 thread) by
 #   python -m bench.bench_recovery --configs tiny --lrs 1e-3,3e-3 --kinds topk,batchtopk,matryoshka,sparsify
-SPARSIFY = {1e-3: dict(recovery=RECOVERY_1E3, fvu=FVU_1E3), 3e-3: dict(recovery=RECOVERY_3E3, fvu=FVU_3E3)}
+# The old recipe (unit-norm encoder init, `--kinds topk:enc=1`) stays far below it (README "SAE recovery").
+LR, SPARSIFY_RECOVERY, SPARSIFY_FVU = 3e-3, 0.9073, 0.1527
 
 
 def test_topk_recovers_planted_atoms_no_worse_than_sparsify():
     n = torch.get_num_threads()
     torch.set_num_threads(1)   # tiny matmuls: one thread is faster on a shared 2-core machine
     try:
-        for lr, ref in SPARSIFY.items():
-            row, = run_config("tiny", CONFIGS["tiny"], lr, ["topk"], torch.device("cpu"), 0, {})
-            assert row["recovery"] > row["null_recovery"] + 0.2     # far above a random decoder's
-            assert row["recovery"] >= ref["recovery"], (lr, row)
-            assert row["fvu"] <= ref["fvu"], (lr, row)
+        row, = run_config("tiny", CONFIGS["tiny"], LR, ["topk"], torch.device("cpu"), 0, {})
     finally:
         torch.set_num_threads(n)
+    assert row["recovery"] > row["null_recovery"] + 0.3     # far above a random decoder's
+    assert row["recovery"] >= SPARSIFY_RECOVERY, row
+    assert row["fvu"] <= SPARSIFY_FVU, row
