@@ -97,7 +97,8 @@ class Ours:
     """Our SAE trained by the scripts' sae_step (same init path as the scripts: init_from_sample).
 
     spec = kind[:tweak...], the tweaks being the diagnosis's single-factor changes to our recipe:
-    enc=<c> encoder columns of norm c at init (the recipe: models.sae.ENC_INIT_NORM), clip=<v> grad clip,
+    enc=<c> encoder columns of norm c at init (the recipe: models.sae.ENC_INIT_NORM), clip=<v> grad clip, aux=<a>
+    AuxK weight (the recipe: 1/32),
     nonorm no input normalisation (mu = 0, s = 1), bmean b_dec at the sample mean instead of the median."""
 
     def __init__(self, spec, c, total_steps, init_x, l1_coeff=5e-3):
@@ -113,6 +114,8 @@ class Ours:
                     self.sae.W_enc.copy_(self.sae.W_dec.t() * float(t[4:]))
                 elif t.startswith("clip="):
                     self.clip = float(t[5:])
+                elif t.startswith("aux="):
+                    self.sae.cfg.aux_coeff = float(t[4:])
                 elif t == "nonorm":
                     self.sae.norm_mean.zero_()
                     self.sae.norm_scale.fill_(1.0)
@@ -120,7 +123,7 @@ class Ours:
                 elif t == "bmean":
                     self.sae.b_dec.copy_(((init_x - self.sae.norm_mean) * self.sae.norm_scale).mean(0))
                 else:
-                    raise SystemExit(f"--kinds: unknown tweak {t!r} in {spec!r}; expected enc=, clip=, nonorm, bmean")
+                    raise SystemExit(f"--kinds: unknown tweak {t!r} in {spec!r}; expected enc=, clip=, aux=, nonorm, bmean")
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=1.0)
 
     def step(self, x, lr):
