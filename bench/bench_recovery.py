@@ -98,14 +98,14 @@ class Ours:
 
     spec = kind[:tweak...], the tweaks being the diagnosis's single-factor changes to our recipe:
     enc=<c> encoder columns of norm c at init (the recipe: models.sae.ENC_INIT_NORM), clip=<v> grad clip, aux=<a>
-    AuxK weight (the recipe: 1/32),
+    AuxK weight (the recipe: 1/32), auxk=<n> AuxK's k (the recipe: 512), l1=<c> the ReLU kind's L1 weight (to match another kind's L0),
     nonorm no input normalisation (mu = 0, s = 1), bmean b_dec at the sample mean instead of the median."""
 
-    def __init__(self, spec, c, total_steps, init_x, l1_coeff=5e-3):
+    def __init__(self, spec, c, total_steps, init_x):
         kind, *tweaks = spec.split(":")
         self.name, self.clip = spec, GRAD_CLIP
         self.sae = SAE(SAEConfig(d_in=c["d"], n_latents=c["width"], kind=kind, k=c["k"],
-                                 dead_tokens=min(10_000_000, max(c["batch"], c["tokens"] // 20)), l1_coeff=l1_coeff,
+                                 dead_tokens=min(10_000_000, max(c["batch"], c["tokens"] // 20)),
                                  l1_warmup_steps=max(1, total_steps // 20)))
         self.sae.init_from_sample(init_x)
         with torch.no_grad():
@@ -114,6 +114,10 @@ class Ours:
                     self.sae.W_enc.copy_(self.sae.W_dec.t() * float(t[4:]))
                 elif t.startswith("clip="):
                     self.clip = float(t[5:])
+                elif t.startswith("l1="):
+                    self.sae.cfg.l1_coeff = float(t[3:])
+                elif t.startswith("auxk="):
+                    self.sae.cfg.aux_k = int(t[5:])
                 elif t.startswith("aux="):
                     self.sae.cfg.aux_coeff = float(t[4:])
                 elif t == "nonorm":
@@ -123,7 +127,7 @@ class Ours:
                 elif t == "bmean":
                     self.sae.b_dec.copy_(((init_x - self.sae.norm_mean) * self.sae.norm_scale).mean(0))
                 else:
-                    raise SystemExit(f"--kinds: unknown tweak {t!r} in {spec!r}; expected enc=, clip=, aux=, nonorm, bmean")
+                    raise SystemExit(f"--kinds: unknown tweak {t!r} in {spec!r}; expected enc=, clip=, aux=, auxk=, l1=, nonorm, bmean")
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=1.0)
 
     def step(self, x, lr):
@@ -182,7 +186,7 @@ def evaluate(model, x_eval, atoms, seconds, tokens):
                 tokens_per_s=tokens / seconds)
 
 
-def run_config(name, c, lr, kinds, dev, seed, relu_l1):
+def run_config(name, c, lr, kinds, dev, seed):
     torch.manual_seed(seed)
     data = Planted(**c, seed=seed)
     atoms = data.atoms.to(dev)
@@ -193,7 +197,7 @@ def run_config(name, c, lr, kinds, dev, seed, relu_l1):
     for kind in kinds:
         torch.manual_seed(seed)
         models.append(Sparsify(c, total, init_x) if kind == "sparsify" else
-                      Ours(kind, c, total, init_x, l1_coeff=relu_l1.get(name, 5e-3)))
+                      Ours(kind, c, total, init_x))
     secs = [0.0] * len(models)
     warm = max(1, total // 10)
     for step in range(total):
@@ -219,7 +223,7 @@ def run_config(name, c, lr, kinds, dev, seed, relu_l1):
 
 def throughput(dev, steps, bf16):
     """One training step at d=1024, 16x, k=32, batch 4096: ours vs sparsify, interleaved, median time."""
-    c = dict(d=1024, width=16384, k=32, batch=4096, tokens=4096 * 100)
+    c = dict(d=1024, width=16384, k=32, batch=4096, tokens=10 ** 9)   # dead window 10M tokens: no AuxK, as sparsify
     x = torch.randn(4096, 1024, device=dev) * 2 + 0.5
     models = [Ours("topk", c, 100, x), Sparsify(c, 100, x)]
     times = [[] for _ in models]
@@ -258,7 +262,6 @@ def main():
                    "(sparsify autocasts its forward to bf16 on CUDA by itself)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--relu_l1", default="", help="ReLU+L1 coefficient per config, e.g. toy=0.02,vit=0.01")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: small ops on a shared machine "
                    "run faster than with oversubscribed OpenMP threads)")
     p.add_argument("--out", default="", help="write the rows as JSON here")
@@ -270,7 +273,6 @@ def main():
     if args.throughput:
         rows = throughput(dev, args.steps, args.bf16)
     else:
-        relu_l1 = {k: float(v) for k, v in (kv.split("=") for kv in args.relu_l1.split(",") if kv)}
         rows = []
         for name in args.configs.split(","):
             if name not in CONFIGS:
@@ -279,7 +281,7 @@ def main():
             if args.quick:
                 c["tokens"] //= 4
             for lr in [float(v) for v in args.lrs.split(",")]:
-                rows += run_config(name, c, lr, args.kinds.split(","), dev, args.seed, relu_l1)
+                rows += run_config(name, c, lr, args.kinds.split(","), dev, args.seed)
     info = dict(command=" ".join(["python -m bench.bench_recovery"] + sys.argv[1:]), torch=torch.__version__,
                 threads=torch.get_num_threads(), cpu_count=os.cpu_count(), loadavg_1min_at_end=os.getloadavg()[0],
                 device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", rows=rows)

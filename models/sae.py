@@ -216,7 +216,7 @@ class SAE(nn.Module):
 
         Under torch.distributed this is a collective (every rank must call it each step): firing and
         token counts are summed over ranks so all ranks share one dead mask."""
-        stats = torch.cat([(latents != 0).any(0).long(), latents.new_full((1,), latents.shape[0]).long()])
+        stats = torch.cat([latents.any(0).long(), latents.new_full((1,), latents.shape[0]).long()])
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(stats)
         self.tokens_since_fired += stats[-1]

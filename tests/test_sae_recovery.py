@@ -19,7 +19,7 @@ def test_topk_recovers_planted_atoms_no_worse_than_sparsify():
     n = torch.get_num_threads()
     torch.set_num_threads(1)   # tiny matmuls: one thread is faster on a shared 2-core machine
     try:
-        row, = run_config("tiny", CONFIGS["tiny"], LR, ["topk"], torch.device("cpu"), 0, {})
+        row, = run_config("tiny", CONFIGS["tiny"], LR, ["topk"], torch.device("cpu"), 0)
     finally:
         torch.set_num_threads(n)
     assert row["recovery"] > row["null_recovery"] + 0.3     # far above a random decoder's
