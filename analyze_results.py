@@ -7,12 +7,18 @@ dataset as (A, B), and as (B, A) and (A, A) controls, and writes into the run fo
   latent_metrics.json  per-latent columns: frequency, consistency and its nulls, q, asymmetry, controls
   summary.md           the findings in words, with their numbers and sample sizes
   index.html           offline latent browser (open the file; no server, nothing fetched)
-  figures/             histograms.png, consistency_<gt|pred>.png
-  latents/<k>/         heatmap.png, examples.png (+ pointcloud.ply and its preview pointcloud.png)
+  figures/             histograms.png, consistency_<gt|pred>.png, attributes.png (3D attributes vs their null)
+  latents/<k>/         heatmap.png, examples.png, causal.png (+ pointcloud.ply and its preview pointcloud.png)
 Given several runs, it also writes a layer comparison to `compare_dir` (layers.png/.md/.json).
-Metrics and controls: analysis/multiview.py; how to read everything: README.md, section Analysing a trained SAE.
+Metrics and controls: analysis/multiview.py, 3D attributes: analysis/attributes.py, causal effects:
+analysis/causal.py; how to read everything: README.md, sections Analysing a trained SAE and Where 3D emerges.
 
     python analyze_results.py results/<run> [results/<run2> ...] [--n_pairs=128] [overrides.yaml]
+
+--mode=probe needs no SAE: correspondence and linear pointmap probes at every hook point of a checkpoint
+(analysis/probes.py), written to probe_dir as probes.png, probes.json, summary.md:
+
+    python analyze_results.py --mode=probe --checkpoint=random-tiny [--hooks=enc_norm,dec_blocks*.1]
 
 Runtime: a tiny random-weight test run, about 5 s on CPU; ViT-L at 224 with 128 pairs, a few minutes
 on one GPU (three DUSt3R passes per pair; the metrics are sparse column sums and take seconds).
@@ -27,7 +33,7 @@ import numpy as np
 import torch
 import yaml
 
-from analysis import browser, figures, multiview as mv, ply
+from analysis import attributes, browser, causal, figures, multiview as mv, ply, probes
 from analysis.report import pct, write_json, write_layer_comparison, write_summary
 from data import collate_pairs, make_dataset, patch_correspondences, predicted_correspondences
 from models.loading import load_dust3r
@@ -54,6 +60,18 @@ embed_images = False          # True: base64 images inside index.html (one porta
 compare_dir = "results/layer_comparison"  # where the comparison of several runs is written
 device = "auto"               # 'auto' (cuda if available) | 'cpu' | 'cuda'
 seed = 0                      # nulls, bootstrap and the random share of the visualised latents
+attributes3d = True           # per-latent 3D attributes (depth, normals, depth edges, planes) where data has geometry
+causal3d = True               # per pictured latent: edit it in DUSt3R, measure both pointmaps' change (3 runs/batch)
+causal_scale = 0.0            # the edited latent's new size: 0 removes it, 2 doubles it (1 would change nothing)
+mode = "latents"              # 'latents': analyse SAE run folders | 'probe': layer sweep of a checkpoint, no SAE
+# probe mode only (python analyze_results.py --mode=probe ...); n_pairs val pairs are scored
+checkpoint = "naver/DUSt3R_ViTLarge_BaseDecoder_224_linear"  # DUSt3R to probe: hub id, path, random-tiny / random-224
+hooks = "all"                 # 'all' or comma-separated hook points, forward order; 'dec_blocks*.<i>' = both branches
+dataset = "builtin"           # probe data with geometry: builtin | blendedmvs | arkitscenes | middlebury
+data_root = ""                # the dataset's root folder (blendedmvs, arkitscenes)
+resolution = 224              # probe image size: 224 (224x224) or 512 (512x384)
+probe_train_pairs = 256       # train-split pairs the linear pointmap probes are fitted on
+probe_dir = ""                # probe output folder; '' = results/probe-<checkpoint name>-<dataset>-<resolution>
 # ------------------------------------------------------------------------------------------------
 DEFAULTS = constants(globals())  # the block above, in order; main() applies the command line to it
 
@@ -99,7 +117,7 @@ def collect(model, sae, ds, *, n, hooks, settings, device):
     ground-truth (or None) and predicted correspondences, display images, pointmaps and confidences
     (all in the real orientation, the token grids' orientation)."""
     pa = {k: mv.PairActivations() for k in (("ab", "ba", "aa") if settings.controls else ("ab",))}
-    out = dict(gt=[], pred=[], rgb=[], pts=[], conf=[], rot=[])
+    out = dict(gt=[], pred=[], rgb=[], pts=[], conf=[], rot=[], geom=[])
     enc = dict(hooks=hooks, device=device)
     for lo in range(0, n, settings.batch_size):
         items = [ds[i] for i in range(lo, min(lo + settings.batch_size, n))]
@@ -125,6 +143,8 @@ def collect(model, sae, ds, *, n, hooks, settings, device):
             geo = "depthmap" in a and "camera_pose" in a
             out["gt"].append(np.asarray(patch_correspondences(a, c, patch=model.patch_size)) if geo else None)
             out["rot"].append(rotation_deg(a["camera_pose"], c["camera_pose"]) if geo else np.nan)
+            out["geom"].append([attributes.token_geometry(v, model.patch_size) for v in (a, c)]
+                               if geo and settings.attributes3d else None)
     return {k: v.finalize() for k, v in pa.items()}, out
 
 
@@ -242,11 +262,16 @@ def pick_cards(table, n, rng):
     return picks
 
 
+def pair_peaks(pa, k):
+    """(P,) latent k's peak activation in each pair (both views)."""
+    c1, c2 = pa.z1[:, k].toarray().ravel(), pa.z2[:, k].toarray().ravel()
+    return np.maximum(np.maximum.reduceat(c1, pa.start1[:-1]), np.maximum.reduceat(c2, pa.start2[:-1]))
+
+
 def render_latent(k, pa, *, data, corrs, folder, with_ply, settings):
     """heatmap.png (top pair + view 2 pulled back to view 1), examples.png (top pairs, then pairs at
     the quantiles of the per-pair peak), pointcloud.ply + pointcloud.png; one colour scale: the latent's peak."""
-    c1, c2 = pa.z1[:, k].toarray().ravel(), pa.z2[:, k].toarray().ravel()
-    peak = np.maximum(np.maximum.reduceat(c1, pa.start1[:-1]), np.maximum.reduceat(c2, pa.start2[:-1]))  # (P,)
+    peak = pair_peaks(pa, k)  # (P,)
     order = np.nonzero(peak > 0)[0]
     order = order[np.argsort(-peak[order], kind="stable")]
     rows = [(int(n), f"top {i + 1}") for i, n in enumerate(order[:settings.n_top])]
@@ -304,6 +329,48 @@ def write_cards(run_dir, pa, *, data, corrs, table, full, settings, rng):
     return cards
 
 
+def causal_cards(cards, run_dir, pa, *, model, sae, ds, data, sources, settings, device):
+    """Each pictured latent edited on its top pair (analysis/causal.py): latents/<k>/causal.png and the numbers
+    on its card; returns the numbers per latent (analysis.json, summary.md)."""
+    ks = list(cards)
+    tops = [int(np.argmax(pair_peaks(pa, k))) for k in ks]  # the heatmap's pair
+    effects = causal.causal_effects(model, sae, sources, [ds[n] for n in tops], ks, scale=settings.causal_scale,
+                                    batch_size=settings.batch_size, device=device, seed=settings.seed)
+    rows = []
+    for k, n, e in zip(ks, tops, effects):
+        path = os.path.join(run_dir, "latents", str(k), "causal.png")
+        figures.save_png(figures.effect_heatmap(*data["rgb"][n], e, title=f"latent {k} x {settings.causal_scale:g} "
+                                               f"on pair {n}: mean |3D change| {e['mean_disp']:.3g} (random direction "
+                                               f"{e['control_mean_disp']:.3g})"), path)
+        cards[k]["images"].append((f"causal: latent scaled to {settings.causal_scale:g} on its top pair", path))
+        cards[k]["numbers"].update(causal.card_numbers(e))
+        rows.append(dict(latent=k, pair=n, **causal.card_numbers(e)))
+    return rows
+
+
+def probe_mode(settings):
+    """--mode=probe: correspondence and linear pointmap probes at every layer of a checkpoint (analysis/probes.py)
+    -> probes.json, probes.png, summary.md in probe_dir."""
+    t0, device = time.time(), pick_device(settings.device)
+    model = load_dust3r(settings.checkpoint, device, landscape_only=True, seed=settings.seed)
+    layers = probes.parse_layers(settings.hooks, model.hook_points)
+    data = dict(root=settings.data_root or None, resolution=settings.resolution)
+    train, val = (make_dataset(settings.dataset, split=split, **data) for split in ("train", "val"))
+    name = os.path.basename(os.path.normpath(settings.checkpoint)).replace(".pth", "")
+    out = settings.probe_dir or os.path.join("results", f"probe-{name}-{settings.dataset}-{settings.resolution}")
+    os.makedirs(out, exist_ok=True)
+    print(f"== probes of {settings.checkpoint} on {settings.dataset}: {len(layers)} layers, {device}")
+    res = probes.probe_sweep(model, train, val, layers, n_train=settings.probe_train_pairs, n_val=settings.n_pairs,
+                             batch_size=settings.batch_size, device=device, seed=settings.seed)
+    figures.probe_figure(res, os.path.join(out, "probes.png"), f"{settings.checkpoint}, {settings.dataset} val")
+    commit, dirty = git_state(os.path.dirname(os.path.abspath(__file__)))
+    write_json(dict(res, config=vars(settings), git_commit=commit, git_dirty=dirty, seconds=time.time() - t0),
+               os.path.join(out, "probes.json"))
+    with open(os.path.join(out, "summary.md"), "w") as f:
+        f.write(probes.probe_summary(res, vars(settings)))
+    print(f"   wrote {out}/probes.png, probes.json, summary.md ({time.time() - t0:.0f} s)")
+
+
 # ------------------------------------------------------------------------------------------------ one run
 def analyse_run(run_dir, settings, *, rng):
     """One training run folder -> its analysis files (module docstring); returns its layer-comparison row.
@@ -323,15 +390,30 @@ def analyse_run(run_dir, settings, *, rng):
     m = measure(pa, sets, primary=primary, sae=sae, settings=settings)
     table, full = latent_columns(m, primary=primary, controls=settings.controls)
     info, summ = run_info(pa, data, sets, m, primary=primary, sae=sae, settings=settings), m.summary
+    attr = None
+    if settings.attributes3d and all(g is not None for g in data["geom"]):
+        attr, null, info["attributes"] = attributes.pair_attributes(pa["ab"], data["geom"])
+        table.update(attr)
+        full.update(attr, **null)
 
     figs = write_figures(run_dir, f"{run} ({hook})", cons=m.cons, asym=m.asym, stats=m.stats)
+    if attr is not None:
+        figs.append(("3D attributes of the latents against their null",
+                     os.path.join(run_dir, "figures", "attributes.png")))
+        figures.attributes_figure(attr, null, info["attributes"], figs[-1][1], f"{run} ({hook})")
     cards = write_cards(run_dir, pa["ab"], data=data, corrs=sets[primary], table=table, full=full, settings=settings,
                         rng=rng)
+    if settings.causal3d and cards:
+        info["causal"] = causal_cards(cards, run_dir, pa["ab"], model=model, sae=sae, ds=ds, data=data,
+                                      sources=view_sources(hook), settings=settings, device=device)
     write_json(full, os.path.join(run_dir, "latent_metrics.json"))
     commit, dirty = git_state(os.path.dirname(os.path.abspath(__file__)))
     write_json(dict(run=run, hook=hook, git_commit=commit, git_dirty=dirty, config=vars(settings), summary=summ,
                     info=info, seconds=time.time() - t0), os.path.join(run_dir, "analysis.json"))
     write_summary(os.path.join(run_dir, "summary.md"), run, cfg=cfg, s=summ, info=info, settings=settings)
+    with open(os.path.join(run_dir, "summary.md"), "a") as f:  # the 3D sections (analysis/attributes.py, causal.py)
+        f.writelines(line + "\n" for line in attributes.summary_lines(info.get("attributes"), full)
+                     + causal.summary_lines(info.get("causal"), settings.causal_scale))
     browser.write_browser(os.path.join(run_dir, "index.html"), f"{run}: SAE latents at {hook}",
                           info=dict(hook=hook, pairs=n, correspondences=info["correspondence"], **summ),
                           table=table, cards=cards, figures=figs, embed=settings.embed_images)
@@ -343,6 +425,10 @@ def analyse_run(run_dir, settings, *, rng):
 def main(argv):
     run_dirs = [a for a in argv if not a.startswith("--") and not a.endswith((".yaml", ".yml"))]
     settings = SimpleNamespace(**apply_overrides(DEFAULTS, [a for a in argv if a not in run_dirs], doc=__doc__))
+    if settings.mode == "probe":
+        return probe_mode(settings)
+    if settings.mode != "latents":
+        raise ValueError(f"mode={settings.mode!r}: expected 'latents' or 'probe'")
     if not run_dirs:
         sys.exit(__doc__)
     rng = np.random.default_rng(settings.seed)

@@ -96,7 +96,8 @@ if buffer_pairs // world % dust3r_batch:
 model = load_dust3r(checkpoint, dev, landscape_only=True, seed=seed, log=run.log)  # frozen, training variant
 check_hook(model, sources)
 d_in = model.enc_embed_dim  # encoder width (1024 for ViT-L)
-train_ds = make_dataset(dataset, root=data_root or None, resolution=resolution, split="train")
+# training reads images only (no depth, masks or pointmaps: the SAE needs none; same images, README Data)
+train_ds = make_dataset(dataset, root=data_root or None, resolution=resolution, split="train", geometry=False)
 val_ds = make_dataset(dataset, root=data_root or None, resolution=resolution, split="val")
 run.log(f"data: {len(train_ds)} train pairs, {len(val_ds)} val pairs; hook {hook} ({d_in}-d)")
 ev = EvalSet.from_model(model, val_ds, sources=sources, device=dev, n_pairs=eval_pairs,

@@ -1,4 +1,5 @@
-"""Figures for SAE latents on DUSt3R pairs: heatmap overlays, example grids, histograms, layer plots.
+"""Figures for SAE latents on DUSt3R pairs: heatmap overlays, example grids, histograms, layer plots, layer
+probes (analysis/probes.py), 3D attributes (analysis/attributes.py) and causal-effect heatmaps (analysis/causal.py).
 
 Per-latent pictures are composed with numpy + Pillow (exact pixel sizes, fast enough for hundreds
 of latents); summary plots use matplotlib with a fixed figure size and no tight bbox so every PNG
@@ -208,3 +209,81 @@ def pointcloud_preview(xyz, rgb, *, path, title="", max_points=40000, seed=0):
     fig.suptitle(title, fontsize=10)
     fig.savefig(path)
     plt.close(fig)
+
+
+def probe_figure(res, path, title=""):
+    """Two panels along the forward order: correspondence precision / recall (with the shuffled null and the
+    identity control), and the probe's normalised 3D error per view (with the position-only null)."""
+    rows = res["rows"]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(1, 2, figsize=(12.0, 4.5), dpi=100)
+    for key, style in (("precision_within_1", "o-"), ("recall_within_1", "s-"), ("precision_exact", "o--"),
+                       ("recall_exact", "s--")):
+        ax[0].plot(x, [r["correspondence"][key] for r in rows], style, ms=3, label=key.replace("_", " "))
+    ax[0].plot(x, [r["correspondence_shuffled"]["precision_within_1"] for r in rows], ":", color="grey",
+               label="null: view 2 shuffled (precision within 1)")
+    ax[0].axhline(res["baselines"]["identity"]["precision_within_1"], color="k", lw=0.8, ls="-.",
+                  label="control: same grid position (within 1)")
+    ax[0].set_ylim(-0.02, 1.02)
+    ax[0].set_title("token correspondence: mutual NN (cosine) vs ground truth", fontsize=10)
+    for v, c in ((1, "C0"), (2, "C3")):
+        ax[1].plot(x, [r[f"probe_err_view{v}"] for r in rows], "o-", ms=3, color=c, label=f"linear probe, view {v}")
+        ax[1].axhline(res["baselines"]["position_err"][v - 1], color=c, lw=0.8, ls=":",
+                      label=f"null: position only, view {v}")
+    ax[1].set_ylim(bottom=0)
+    ax[1].set_title("linear pointmap probe: normalised 3D error (val, lower is better)", fontsize=10)
+    for a in ax:
+        a.set_xticks(x, [r["layer"] for r in rows], rotation=60, ha="right", fontsize=6)
+        a.legend(fontsize=6)
+        a.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.27, top=0.88, wspace=0.15)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def attributes_figure(cols, null, info, path, title=""):
+    """figures/attributes.png: per-latent r with depth and with edge distance, and the planar share, each as a
+    histogram over latents against its null (codes against another pair's geometry)."""
+    alive = np.isfinite(cols["corr_depth"])
+    fig, ax = plt.subplots(1, 3, figsize=(10.0, 4.0), dpi=100)
+
+    def rbins(key):  # symmetric range around what the latents and their null reach (random models: |r| small)
+        vals = [np.abs(cols[key][alive])] + ([np.abs(null[f"{key}_null"][alive])] if null else [])
+        lim = min(1.0, max(0.1, 1.1 * float(np.nanmax(np.concatenate(vals))) if alive.any() else 1.0))
+        return np.linspace(-lim, lim, 41)
+
+    for a, key, lab, bins in ((ax[0], "corr_depth", "r with log relative depth (< 0: near)", rbins("corr_depth")),
+                              (ax[1], "corr_edge", "r with log(1 + distance to a depth edge)", rbins("corr_edge")),
+                              (ax[2], "planar_share", "share of activation mass on planar patches",
+                               np.linspace(0, 1, 21))):
+        a.hist(cols[key][alive], bins=bins, alpha=0.7, label="latents")
+        if null:
+            a.hist(null[f"{key}_null"][alive], bins=bins, histtype="step", color="k",
+                   label="null: other pair's geometry")
+        if key == "planar_share":
+            a.axvline(info["planar_base"], color="C3", ls="--", label="share of planar tokens")
+        a.set_title(lab, fontsize=9)
+        a.legend(fontsize=7)
+    fig.suptitle(f"{title} ({int(alive.sum())} latents, {info['n_tokens']} tokens)", fontsize=10)
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.1, top=0.85, wspace=0.2)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def effect_heatmap(rgb1, rgb2, eff, title=""):
+    """Picture of one latent's effect: where it fires (both views, its own colour scale), then the per-pixel 3D
+    displacement of both pointmaps when it is edited (one scale for both: the 99th percentile of the change, so
+    that a few outlying pixels do not darken the rest)."""
+    amax = max(float(a.max()) for a in eff["act"]) or 1.0
+    dmax = float(np.percentile(np.concatenate([d.ravel() for d in eff["disp"]]), 99)) or 1e-12
+    fire = [overlay(rgb, a, amax) for rgb, a in zip((rgb1, rgb2), eff["act"])]
+    disp = [overlay((0.4 * rgb).astype(np.uint8), d, dmax, cmap="viridis")  # dimmed photo under the change
+            for rgb, d in zip((rgb1, rgb2), eff["disp"])]
+    panels = [_vcat([_caption(p.shape[1], lab), p]) for lab, p in
+              zip(("fires: view 1", "fires: view 2", "|3D change|: view 1", "|3D change|: view 2 (in view 1's frame)"),
+                  fire + disp)]
+    h = max(p.shape[0] for p in panels)
+    bars = [_colorbar(h, amax), _colorbar(h, dmax, "viridis")]
+    body = _hcat(panels[:2] + bars[:1] + panels[2:] + bars[1:])
+    return _vcat([_caption(body.shape[1], title), body])

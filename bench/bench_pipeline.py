@@ -47,7 +47,7 @@ def bench(side, args, device):
     d = model.enc_embed_dim if side == "encoder" else model.dec_embed_dim
     sae = SAE(SAEConfig(d_in=d, n_latents=args.expansion * d, k=args.k)).to(device)
     opt = torch.optim.Adam(sae.parameters(), lr=2e-4)
-    ds = make_dataset("builtin", split="train", resolution=224)
+    ds = make_dataset("builtin", split="train", resolution=224, geometry=False)  # as the training scripts
     n = args.buffer_pairs * (1 + args.pairs // args.buffer_pairs)  # one warm-up buffer, then the timed ones
     loader = iter(make_loader(ds, args.dust3r_batch, sampler=[i % len(ds) for i in range(n)],
                               num_workers=args.num_workers))

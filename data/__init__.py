@@ -26,7 +26,9 @@ def make_dataset(name, root=None, resolution=224, split="train", seed=0, **kw):
 
     split: 'train' or 'val' ('test' is accepted as 'val' and vice versa: ARKitScenes calls its
     held-out split 'test', BlendedMVS 'val'); None = all pairs (BlendedMVS only). Extra keyword
-    arguments go to the dataset class (e.g. aug_crop, max_bad_fraction, window, n_scenes).
+    arguments go to the dataset class (e.g. aug_crop, max_bad_fraction, window, n_scenes, and
+    geometry=False for image-only views: no depth, mask or pointmap work, bit-identical images; what
+    SAE training reads).
     """
     name = name.lower()
     if name not in REGISTRY:

@@ -37,8 +37,9 @@ class ARKitScenes(PairDataset):
 
     name = "arkitscenes"
 
-    def __init__(self, root, split="train", resolution=224, seed=0, aug_crop=0, max_bad_fraction=0.05):
-        super().__init__(resolution, seed, aug_crop, max_bad_fraction)
+    def __init__(self, root, split="train", resolution=224, seed=0, aug_crop=0, max_bad_fraction=0.05, *,
+                 geometry=True):
+        super().__init__(resolution, seed, aug_crop, max_bad_fraction, geometry=geometry)
         if split not in _SPLIT_DIRS:
             raise ValueError(f"ARKitScenes split must be 'train' or 'test', got {split!r}")
         self.split = split
@@ -63,6 +64,14 @@ class ARKitScenes(PairDataset):
                                     f"listed in all_metadata.npz exists (e.g. {self.scenes[0]}); {LAYOUT}")
         self._bad_mask()
 
+    def _depth(self, depth_path, image):
+        depth = read_or_raise(_read_depth_png, depth_path, "depth")
+        if depth.shape != (image.size[1], image.size[0]):
+            raise UnreadableFile(f"depth {depth_path} is {depth.shape} but its image is {image.size[::-1]}")
+        depth = depth.astype(np.float32) / 1000  # exact IEEE division, as dust3r
+        depth[~np.isfinite(depth)] = 0
+        return depth
+
     def _get_views(self, idx, resolution, rng):
         views = []
         for img_idx in self.pairs[idx]:
@@ -71,12 +80,7 @@ class ARKitScenes(PairDataset):
             scene_dir = os.path.join(self.root, scene)
             rgb_path = os.path.join(scene_dir, "vga_wide", basename.replace(".png", ".jpg"))
             image = read_or_raise(open_rgb, rgb_path, "image")
-            depth_path = os.path.join(scene_dir, "lowres_depth", basename)
-            depth = read_or_raise(_read_depth_png, depth_path, "depth")
-            if depth.shape != (image.size[1], image.size[0]):
-                raise UnreadableFile(f"depth {depth_path} is {depth.shape} but its image is {image.size[::-1]}")
-            depth = depth.astype(np.float32) / 1000  # exact IEEE division, as dust3r
-            depth[~np.isfinite(depth)] = 0
+            depth = self._depth(os.path.join(scene_dir, "lowres_depth", basename), image) if self.geometry else None
             K = np.float32(self.intrinsics[img_idx])  # dust3r's crop arithmetic runs in float32 here
             image, depth, K = crop_resize(image, depth, K, resolution, rng, self.aug_crop)
             views.append(finish_view(image, depth, K, self.trajectories[img_idx], dataset="arkitscenes",

@@ -4,6 +4,11 @@ Subclasses implement `__len__` and `_get_views(idx, resolution, rng) -> [view0, 
 from `views.finish_view`, still in real orientation). This class then adds `idx`, transposes
 portrait views to landscape and draws the `rng` check bytes, in DUSt3R's order.
 
+geometry=False makes image-only views (img, true_shape, strings, idx, rng): subclasses then skip
+reading and decoding depth and masks and computing pointmaps (`self.geometry`; SAE training needs
+only images). The image pipeline and every rng draw are the same as with geometry, so the images
+are bit-identical (tests/test_data_golden.py, tests/test_data_readers.py).
+
 Bad input: a subclass raises `UnreadableFile` for a file it cannot decode. The pair is skipped with
 a warning, marked in a shared bitmap (visible across DataLoader workers) and replaced by the next
 readable pair; once more than `max_bad_fraction` of all pairs are bad, loading fails.
@@ -33,8 +38,9 @@ class PairDataset(torch.utils.data.Dataset):
 
     name = "pairs"
 
-    def __init__(self, resolution=224, seed=0, aug_crop=0, max_bad_fraction=0.05):
+    def __init__(self, resolution=224, seed=0, aug_crop=0, max_bad_fraction=0.05, *, geometry=True):
         self.resolutions = parse_resolution(resolution)
+        self.geometry = bool(geometry)  # False: image-only views, no depth/mask/pointmap work
         # ours differs from DUSt3R in one place: DUSt3R tests `if self.seed`, so seed=0 is unseeded
         # there; here any int is a seed and only None means "per-worker torch seed".
         self.seed = seed
@@ -62,7 +68,7 @@ class PairDataset(torch.utils.data.Dataset):
 
     def summary(self):
         n_bad = self.bad_items
-        return dict(dataset=self.name, pairs=len(self), bad_items=n_bad,
+        return dict(dataset=self.name, pairs=len(self), geometry=self.geometry, bad_items=n_bad,
                     bad_fraction=n_bad / max(len(self), 1), max_bad_fraction=self.max_bad_fraction,
                     examples=list(self.bad_reasons.values())[:5])
 
@@ -106,4 +112,5 @@ class PairDataset(torch.utils.data.Dataset):
         raise NotImplementedError
 
     def __repr__(self):
-        return f"{type(self).__name__}({len(self)} pairs, resolution={self.resolutions}, seed={self.seed})"
+        return (f"{type(self).__name__}({len(self)} pairs, resolution={self.resolutions}, seed={self.seed}"
+                + ("" if self.geometry else ", geometry=False") + ")")

@@ -34,8 +34,9 @@ class BlendedMVS(PairDataset):
 
     name = "BlendedMVS"
 
-    def __init__(self, root, split="train", resolution=224, seed=0, aug_crop=0, max_bad_fraction=0.05):
-        super().__init__(resolution, seed, aug_crop, max_bad_fraction)
+    def __init__(self, root, split="train", resolution=224, seed=0, aug_crop=0, max_bad_fraction=0.05, *,
+                 geometry=True):
+        super().__init__(resolution, seed, aug_crop, max_bad_fraction, geometry=geometry)
         self.root = str(root)
         pairs_path = os.path.join(self.root, "blendedmvs_pairs.npy")
         if not os.path.isdir(self.root):
@@ -74,9 +75,9 @@ class BlendedMVS(PairDataset):
             name = f"{int(img):08d}"  # dust3r formats with '08n'; identical in the C locale
             base = os.path.join(self.root, scene, name)
             image = read_or_raise(open_rgb, base + ".jpg", "image")
-            depth = read_or_raise(read_exr, base + ".exr", "depth")
-            K, pose = read_or_raise(_load_camera, base + ".npz", "camera")
-            if depth.shape != (image.size[1], image.size[0]):
+            depth = read_or_raise(read_exr, base + ".exr", "depth") if self.geometry else None
+            K, pose = read_or_raise(_load_camera, base + ".npz", "camera")  # K sets the crop: read either way
+            if depth is not None and depth.shape != (image.size[1], image.size[0]):
                 raise UnreadableFile(f"depth {base}.exr is {depth.shape} but image {base}.jpg is {image.size[::-1]}")
             image, depth, K = crop_resize(image, depth, K, resolution, rng, self.aug_crop)
             views.append(finish_view(image, depth, K, pose, dataset="BlendedMVS", label=scene, instance=name))

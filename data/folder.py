@@ -21,8 +21,9 @@ class ImageFolderPairs(PairDataset):
     name = "folder"
 
     def __init__(self, root, resolution=224, window=2, all_pairs=False, recursive=False, seed=0,
-                 max_bad_fraction=0.05):
-        super().__init__(resolution, seed, 0, max_bad_fraction)
+                 max_bad_fraction=0.05, *, geometry=True):
+        # `geometry` is accepted so make_dataset(..., geometry=False) works for every dataset; a folder has none
+        super().__init__(resolution, seed, 0, max_bad_fraction, geometry=False)
         self.root = str(root)
         if not os.path.isdir(self.root):
             raise FileNotFoundError(f"image folder {self.root} does not exist (expected a folder of .jpg/.png images)")
@@ -53,7 +54,7 @@ class ImageFolderPairs(PairDataset):
             image = read_or_raise(open_rgb, self.images[i], "image")
             W, H = image.size
             K = np.float32([[max(W, H), 0, W / 2], [0, max(W, H), H / 2], [0, 0, 1]])  # nominal: centre crop
-            image, _, _ = crop_resize(image, np.zeros((H, W), np.float32), K, resolution, rng)
+            image, _, _ = crop_resize(image, None, K, resolution, rng)
             rel = os.path.relpath(self.images[i], self.root)
             views.append(finish_view(image, None, None, np.eye(4), dataset="folder",
                                      label=os.path.dirname(rel) or os.path.basename(self.root.rstrip("/")),

@@ -36,9 +36,8 @@ def load_motorcycle():
     return left, right, disp
 
 
-def motorcycle_geometry():
-    """-> [(image, depth, K, pose) for left, right] in metres, OpenCV cam-to-world (left = world)."""
-    left, right, disp = load_motorcycle()
+def _depths(disp):
+    """Disparity (H, W) -> left depth, right depth (H, W) float32 in metres, 0 = invalid."""
     H, W = disp.shape
     ok = np.isfinite(disp) & (disp + DOFFS > 0)
     depth_l = np.where(ok, F * BASELINE / np.where(ok, disp + DOFFS, 1), 0).astype(np.float32)
@@ -50,7 +49,14 @@ def motorcycle_geometry():
     z = depth_l[ys[inside], xs[inside]]
     depth_r = np.full(H * W, np.inf, np.float32)
     np.minimum.at(depth_r, flat, z)
-    depth_r = np.where(np.isfinite(depth_r), depth_r, 0).reshape(H, W).astype(np.float32)
+    return depth_l, np.where(np.isfinite(depth_r), depth_r, 0).reshape(H, W).astype(np.float32)
+
+
+def motorcycle_geometry(geometry=True):
+    """-> [(image, depth, K, pose) for left, right] in metres, OpenCV cam-to-world (left = world).
+    geometry=False: depth is None (the disparity is not turned into depth)."""
+    left, right, disp = load_motorcycle()
+    depth_l, depth_r = _depths(disp) if geometry else (None, None)
     K_l = np.array([[F, 0, CX], [0, F, CY], [0, 0, 1]])
     # drop the right image's first round(doffs) columns: both principal points then round to the
     # same column, so DUSt3R's crop/resize treats both views alike and the pair stays rectified
@@ -58,7 +64,8 @@ def motorcycle_geometry():
     K_r = np.array([[F, 0, CX + DOFFS - off], [0, F, CY], [0, 0, 1]])
     pose_r = np.eye(4)
     pose_r[0, 3] = BASELINE
-    return [(left, depth_l, K_l, np.eye(4)), (right[:, off:], depth_r[:, off:], K_r, pose_r)]
+    depth_r = None if depth_r is None else depth_r[:, off:]
+    return [(left, depth_l, K_l, np.eye(4)), (right[:, off:], depth_r, K_r, pose_r)]
 
 
 class MiddleburyStereo(PairDataset):
@@ -66,9 +73,9 @@ class MiddleburyStereo(PairDataset):
 
     name = "middlebury"
 
-    def __init__(self, resolution=224, seed=0, aug_crop=0, max_bad_fraction=0.05):
-        super().__init__(resolution, seed, aug_crop, max_bad_fraction)
-        self.views = motorcycle_geometry()
+    def __init__(self, resolution=224, seed=0, aug_crop=0, max_bad_fraction=0.05, *, geometry=True):
+        super().__init__(resolution, seed, aug_crop, max_bad_fraction, geometry=geometry)
+        self.views = motorcycle_geometry(geometry)
         self.pairs = [(0, 1), (1, 0)]
         self._bad_mask()
 

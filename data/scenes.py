@@ -74,8 +74,8 @@ class BuiltinScenes(PairDataset):
     name = "builtin"
 
     def __init__(self, split="train", resolution=224, seed=0, n_scenes=None, views_per_scene=6, max_gap=2,
-                 portrait_prob=0.0, aug_crop=0, max_bad_fraction=0.05):
-        super().__init__(resolution, seed, aug_crop, max_bad_fraction)
+                 portrait_prob=0.0, aug_crop=0, max_bad_fraction=0.05, *, geometry=True):
+        super().__init__(resolution, seed, aug_crop, max_bad_fraction, geometry=geometry)
         if split not in _SPLIT_CODE:
             raise ValueError(f"builtin split must be 'train', 'val' or 'test', got {split!r}")
         self.split, self.scene_seed = split, 0 if seed is None else seed
@@ -107,7 +107,8 @@ class BuiltinScenes(PairDataset):
         s, i, j = self.pairs[idx]
         views = []
         for cam in (i, j):
-            img, depth, K, pose = self._render(s, cam)
+            img, depth, K, pose = self._render(s, cam)  # the ray caster gets depth for free (shading needs it)
+            depth = depth if self.geometry else None
             image = PIL.Image.fromarray(img)
             image, depth, K = crop_resize(image, depth, np.float32(K), resolution, rng, self.aug_crop)
             name = f"builtin-{self.split}-{self.scene_seed}-{s:04d}"

@@ -26,12 +26,12 @@ def parse_resolution(resolution):
 
 
 def crop(image, depth, K, box):
-    """Crop PIL image and depth to box (l, t, r, b) and shift the principal point."""
+    """Crop PIL image and depth (or None) to box (l, t, r, b) and shift the principal point."""
     l, t, r, b = box
     K = K.copy()
     K[0, 2] -= l
     K[1, 2] -= t
-    return image.crop((l, t, r, b)), depth[t:b, l:r], K
+    return image.crop((l, t, r, b)), None if depth is None else depth[t:b, l:r], K
 
 
 def nearest_resize(depth, size):
@@ -67,14 +67,15 @@ def rescale(image, depth, K, target):
     out_res = np.floor(in_res * s).astype(int)
     new_size = tuple(int(x) for x in out_res)
     image = image.resize(new_size, resample=PIL.Image.LANCZOS if s < 1 else PIL.Image.BICUBIC)
-    depth = nearest_resize(depth, new_size)
+    depth = None if depth is None else nearest_resize(depth, new_size)
     return image, depth, _crop_camera(K, in_res, out_res, scaling=s)
 
 
 def crop_resize(image, depth, K, resolution, rng, aug_crop=0):
     """DUSt3R's `_crop_resize_if_necessary`: PIL image, depth (H, W), K (3, 3) -> same, at resolution.
 
-    Draws from rng (a numpy Generator) exactly as DUSt3R does: an orientation bit when the
+    depth=None (image-only views) skips the depth work and returns None for it; image, K and the
+    rng draws do not depend on depth, so they are the same either way. Draws from rng (a numpy Generator) exactly as DUSt3R does: an orientation bit when the
     centred window is near-square and the target is not, then a zoom offset when aug_crop > 1.
     """
     W, H = image.size

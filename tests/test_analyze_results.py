@@ -63,6 +63,7 @@ def test_train_then_analyze(tmp_path):
             ply_path = run / "latents" / k / "pointcloud.ply"
             plys += [ply_path] if ply_path.exists() else []
             assert ply_path.exists() == (run / "latents" / k / "pointcloud.png").exists()  # PLY and its preview
+            assert Image.open(run / "latents" / k / "causal.png").size[1] == RES + 2 * figures.CAPTION_H
         assert len(plys) == 1
         assert Image.open(plys[0].with_suffix(".png")).size == size
         xyz, rgb = read_ply(plys[0])
@@ -70,7 +71,9 @@ def test_train_then_analyze(tmp_path):
         assert f"element vertex {len(xyz)}" in plys[0].read_bytes()[:300].decode("ascii", "replace")
 
         metrics = json.loads((run / "latent_metrics.json").read_text())
-        assert len(metrics["jaccard"]) == len(metrics["va"]) == n_latents
+        assert len(metrics["jaccard"]) == len(metrics["va"]) == len(metrics["corr_depth"]) == n_latents
+        md = (run / "summary.md").read_text()
+        assert "## 3D attributes" in md and "## Causal effect" in md
         summary = json.loads((run / "analysis.json").read_text())
         assert summary["summary"]["n_pairs"] == 8 and summary["summary"]["n_latents"] == n_latents
         assert "8 held-out pairs" in (run / "summary.md").read_text()
@@ -78,6 +81,7 @@ def test_train_then_analyze(tmp_path):
         text = (run / "index.html").read_text(encoding="utf-8")
         rows = json.loads(re.search(r"id='latent-data' type='application/json'>(.*?)</script>", text, re.S).group(1))
         assert [r["latent"] for r in rows] == list(range(n_latents))  # every latent listed
+        assert {"corr_depth", "corr_edge", "planar_share"} <= set(rows[0])  # 3D attributes as index columns
         refs = re.findall(r"(?:src|href)\s*=\s*['\"]([^'\"]*)['\"]", text)
         assert refs and not [r for r in refs if re.match(r"(https?:)?//", r)]  # nothing remote
         files = [r for r in refs if not r.startswith("#")]  # in-page anchors aside

@@ -84,3 +84,27 @@ def test_reader_matches_official(case):
                 assert _sha(view["img"].numpy()) == full["img"]
                 assert _sha(view["depthmap"]) == full["depthmap"]
                 assert _sha(view["valid_mask"]) == full["valid_mask"]
+
+
+IMAGE_ONLY_FIELDS = {"img", "true_shape", "dataset", "label", "instance", "idx", "rng"}
+
+
+@pytest.mark.parametrize("case", INDEX["cases"], ids=lambda c: c["name"])
+def test_reader_without_geometry_matches_official_images(case):
+    # geometry=False (SAE training) skips depth; its images and rng draws are still the official ones
+    exp = load_file(DS / case["file"])
+    ds = READERS[case["dataset"]](root=DS / case["root"], geometry=False, **_kwargs(case["kwargs"]))
+    assert len(ds) == case["len"]
+    s = case["stride"]
+    for k, item in enumerate(case["items"]):
+        index = tuple(item["index"]) if isinstance(item["index"], list) else item["index"]
+        for v, (view, info) in enumerate(zip(ds[index], item["views"])):
+            key = f"item{k}.view{v}."
+            assert set(view) == IMAGE_ONLY_FIELDS
+            strings = ("dataset", "label", "instance")
+            assert [view[f] for f in strings] == [info[f] for f in strings]
+            assert view["true_shape"].dtype == np.int32 and view["true_shape"].tolist() == info["true_shape"]
+            assert list(view["idx"]) == exp[key + "idx"].tolist() and view["rng"] == int(exp[key + "rng"][0])
+            assert torch.equal(view["img"][:, ::s, ::s], exp[key + "img"])
+            if s > 1:
+                assert _sha(view["img"].numpy()) == info["full_sha256"]["img"]

@@ -6,8 +6,9 @@ import warnings
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 
-from data import make_dataset, make_loader
+from data import collate_pairs, make_dataset, make_loader
 from data.correspondence import reproject
 from data.exr import write_exr
 from data.images import load_images
@@ -185,3 +186,51 @@ def test_exr_roundtrip_raw_chunks_and_errors(tmp_path):
     (tmp_path / "bad.exr").write_bytes(b"\x00" * 8 + data[8:])
     with pytest.raises(ValueError, match="bad.exr"):
         read_exr(tmp_path / "bad.exr")
+
+
+def _image_only_twins(name, root, **kw):
+    """(dataset with geometry, same dataset with geometry=False), multi-resolution with zoom draws."""
+    kw = dict(resolution=[(96, 64), (64, 64)], seed=5, **kw)
+    return make_dataset(name, root, **kw), make_dataset(name, root, geometry=False, **kw)
+
+
+@pytest.mark.parametrize("name", ["builtin", "middlebury", "blendedmvs", "arkitscenes", "folder"])
+def test_geometry_false_gives_the_same_images_and_rng_draws(name, tmp_path):
+    root, kw = None, dict(aug_crop=16)
+    if name == "builtin":
+        kw.update(n_scenes=1, portrait_prob=0.5)
+    elif name == "blendedmvs":
+        root = make_blendedmvs(tmp_path / "bmvs", n=4)
+    elif name == "arkitscenes":
+        root = make_arkitscenes(tmp_path / "ark", n=4)  # its last frame is portrait
+    elif name == "folder":
+        root, kw = tmp_path / "imgs", {}
+        root.mkdir()
+        for i, (img, *_) in enumerate(_renders(3)):
+            PIL.Image.fromarray(img[:, :100] if i == 1 else img).save(root / f"{i}.png")
+    full, bare = _image_only_twins(name, root, **kw)
+    assert len(full) == len(bare) and bare.geometry is False
+    for i in range(len(full)):
+        for ar in range(2):
+            for a, b in zip(full[i, ar], bare[i, ar]):
+                assert set(b) == {"img", "true_shape", "dataset", "label", "instance", "idx", "rng"}
+                assert torch.equal(a["img"], b["img"]) and a["rng"] == b["rng"] and a["idx"] == b["idx"]
+                assert np.array_equal(a["true_shape"], b["true_shape"]) and a["instance"] == b["instance"]
+                assert name == "folder" or "pts3d" in a  # the geometry path keeps its geometry
+    v1, _ = collate_pairs([bare[0], bare[1]])
+    assert set(v1) == {"img", "true_shape", "dataset", "label", "instance", "idx", "rng"}
+
+
+def test_geometry_false_never_reads_depth(tmp_path):
+    bmvs = make_blendedmvs(tmp_path / "bmvs")
+    ark = make_arkitscenes(tmp_path / "ark")
+    for depth in [*bmvs.rglob("*.exr"), *ark.rglob("lowres_depth/*.png")]:
+        depth.write_bytes(b"not a depth map")
+    for name, root in (("blendedmvs", bmvs), ("arkitscenes", ark)):
+        bare = make_dataset(name, root, resolution=(64, 48), geometry=False, max_bad_fraction=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a skipped pair would warn
+            assert all(bare[i][0]["img"].shape == (3, 48, 64) for i in range(len(bare)))
+        full = make_dataset(name, root, resolution=(64, 48), max_bad_fraction=0)
+        with pytest.warns(UserWarning, match="depth"), pytest.raises(RuntimeError, match="max_bad_fraction"):
+            full[0]

@@ -76,6 +76,9 @@ def test_encoder_run_folder_is_complete(ref):
                         val_pairs=len(make_dataset("builtin", split="val")), val_bad_items=0)
     log = open(ref / "log.txt").read()
     assert '\ndata train: {"dataset": ' in log and '"bad_items": 0' in log and "\ndata val: " in log
+    lines = {line.split(":", 1)[0]: json.loads(line.split(": ", 1)[1]) for line in log.splitlines()
+             if line.startswith(("data train: ", "data val: "))}
+    assert lines["data train"]["geometry"] is False and lines["data val"]["geometry"] is True  # training: images only
     # the saved SAE acts on raw tokens: same FVU on the held-out tokens as the run's last eval
     sae = SAE.load(ref)
     assert (sae.cfg.d_in, sae.cfg.n_latents, sae.cfg.k) == (32, 128, 4)
@@ -116,7 +119,8 @@ def test_decoder_run_both_branches_from_cache(tmp_path):
     (key,) = os.listdir(tmp_path / "cache")
     shards = sorted(os.listdir(tmp_path / "cache" / key))
     assert shards == ["meta.json", "shard_00000000_00000008.npy"]  # 3072 tokens / 392 per pair -> 8 pairs
-    assert "cache: " in open(run_dir / "log.txt").read()
+    log = open(run_dir / "log.txt").read()
+    assert "cache: " in log and '\ndata train: {"dataset": "builtin", "pairs": 288, "geometry": false' in log
     train, evals = records(run_dir, "train"), records(run_dir, "eval")
     assert {"l0_branch1", "l0_branch2"} <= set(train[-1])
     assert {"fvu_branch1", "fvu_branch2", "score_vs_clean"} <= set(evals[-1])
