@@ -11,14 +11,15 @@ best cosine to a decoder row, and the share of atoms found at cos > 0.9; tokens/
 interleaved, so load on a shared machine hits both alike). Null: a random decoder's recovery is printed
 per config. Run from the repo root (benchmark-only dependency: pip install -r requirements-bench.txt):
 
-    python -m bench.bench_recovery --quick                          # every config, short runs, ~5 min on 2 CPU cores
-    python -m bench.bench_recovery --lrs 1e-3,3e-3,1e-2 --out results/bench_recovery.json   # the README table
+    python -m bench.bench_recovery --quick                          # every config, a quarter of the tokens
+    python -m bench.bench_recovery --lrs 1e-3,3e-3,1e-2 --out results/bench_recovery.json   # the full sweep
     python -m bench.bench_recovery --throughput                     # one step at d=1024, 16x, k=32, batch 4096
-    python -m bench.bench_recovery --throughput --device cuda       # the same on a GPU (sparsify's Triton decoder)
+    python -m bench.bench_recovery --throughput --device cuda --bf16 --steps 20   # GPU: both in bf16 autocast
 
-Configs (`--configs`): tiny (the test suite's seconds-long case), toy (the issue's: d 64, 512 atoms, Exp(1)+0.5 magnitudes), mid (d 256), vit (ViT-like:
-d 1024, anisotropic power-law spectrum, large non-zero mean, log-normal heavy-tailed magnitudes, atoms
-correlated in groups of 8 with pairwise cos ~0.3, Zipf feature frequencies).
+Configs (`--configs`): tiny (the test suite's seconds-long case), toy (the issue's: d 64, 512 atoms,
+Exp(1)+0.5 magnitudes), mid (d 256), vit (ViT-like: d 1024, anisotropic power-law spectrum, large
+non-zero mean, log-normal heavy-tailed magnitudes, atoms correlated in groups of 8 with pairwise cos
+~0.3, Zipf feature frequencies).
 On CPU sparsify's Triton decoder cannot run; SPARSIFY_DISABLE_TRITON=1 (set here before the import)
 selects its eager embedding_bag decoder.
 """
@@ -255,7 +256,7 @@ def main():
     p.add_argument("--kinds", default="topk,batchtopk,matryoshka,sparsify",
                    help="ours: topk, batchtopk, matryoshka, relu, each optionally with ':'-separated tweaks "
                    "(class Ours; e.g. topk:enc=1:clip=0); 'sparsify' = its TopK SparseCoder")
-    p.add_argument("--quick", action="store_true", help="a quarter of the tokens (smoke run, ~5 min on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="a quarter of the tokens")
     p.add_argument("--throughput", action="store_true", help="only the one-step throughput comparison")
     p.add_argument("--steps", type=int, default=3, help="--throughput: timed steps per library")
     p.add_argument("--bf16", action="store_true", help="--throughput on CUDA: our step under bf16 autocast "
