@@ -11,7 +11,8 @@ training path one branch of `forward`):
               input on their own (Bussmann et al. 2025, "Learning multi-level features with Matryoshka
               SAEs"): early latents learn coarse features, later ones refine them, against feature absorption
   relu        ReLU + L1 weighted by decoder row norms, L1 warmed up linearly (Anthropic April-2024 update)
-Recipe (the consensus of openai/sparse_autoencoder, sparsify, saev, SAELens, dictionary_learning): b_dec subtracted before the encoder, tied init W_enc = W_dec^T / sqrt(3) (ENC_INIT_NORM),
+Recipe (the consensus of openai/sparse_autoencoder, sparsify, saev, SAELens, dictionary_learning): b_dec
+subtracted before the encoder, tied init W_enc = W_dec^T / sqrt(3) (ENC_INIT_NORM, sparsify's scale),
 b_dec at the geometric median of a sample (openai), unit-norm decoder rows with the gradient parallel
 to them removed (openai, sparsify, saev), inputs mean-centred and scaled so E||x|| = sqrt(D)
 (SAELens, saev v0.1), folded into the weights by `save` so a saved SAE acts on raw activations.
@@ -52,7 +53,7 @@ KINDS = tuple(CODES)
 # Encoder columns start as the decoder rows times this norm. Adam moves every weight by about lr per step
 # whatever its scale, so the encoder's relative step is ~ lr * sqrt(D) / ||w_enc||: unit-norm columns made
 # our encoder learn 1.7x slower than sparsify's (nn.Linear init, ||w|| ~ 1/sqrt(3)) at the same lr, the
-# whole of the gap on the planted-dictionary benchmark (README "SAE recovery vs sparsify").
+# whole of the gap on the planted-dictionary benchmark (README, SAEs, "Recovery vs sparsify").
 ENC_INIT_NORM = 1 / math.sqrt(3)
 
 
