@@ -68,7 +68,7 @@ num_workers = 4              # data-loading processes
 # evaluation, checkpoints, output
 eval_every = 250             # steps between held-out evaluations (4M tokens; saev, SAELens: 1-5M) and one at the end
 eval_pairs = 64              # held-out pairs (the dataset's 'val' split)
-fidelity = True              # spliced 3D fidelity score in every evaluation (3 DUSt3R runs per pair)
+fidelity = True              # spliced 3D fidelity in every evaluation (one DUSt3R run per pair from the hook on)
 log_every = 50               # steps between training-metric lines in metrics.jsonl
 ckpt_every = 500             # steps between resumable checkpoints (also written on Ctrl-C / SIGTERM)
 max_steps = 0                # stop after this many steps in this invocation (checkpointed; rerun resumes); 0 = all

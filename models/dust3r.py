@@ -322,6 +322,17 @@ class AsymmetricCroCo3DStereo(nn.Module):
         assert not late, f"encode() runs the encoder only; edits at {late} belong in decode()"
         return self._encode_views(views, _Taps(edits=edits))
 
+    def encode_from(self, name: str, tokens: list, encoded: list) -> list:
+        """encode(*views, edits={name: ...}), bit for bit, without recomputing the encoder before `name` (patch_embed,
+        enc_blocks.<i> or enc_norm): `tokens` are the views' (edited) tokens there, `encoded` their encode()."""
+        depth = len(self.enc_blocks)
+        first = dict(patch_embed=0, enc_norm=depth, **{f"enc_blocks.{i}": i + 1 for i in range(depth)})  # next block
+        assert name in first and all(e.hw == encoded[0].hw for e in encoded), f"{name}: block output, one image size"
+        x, views = torch.cat(tokens), tuple(range(1, len(tokens) + 1))  # (V*B,N,Ce): as encode() batched the views
+        if name != "enc_norm":
+            x = self._encode_blocks(x, torch.cat([e.pos for e in encoded]), views, _Taps(), first[name])
+        return [e._replace(tokens=t) for e, t in zip(encoded, x.chunk(len(tokens)))]
+
     def decode(self, enc1: "Encoded", enc2: "Encoded", *, hooks=None, edits: dict | None = None):
         """Decoders and heads on encoded views: (res1, res2) as `forward`, or with `hooks` (decoder_embed onwards) a
         HookOutput as `forward_hooks`, stopping after the last point needed. `edits` as in `forward_spliced`."""
@@ -370,11 +381,13 @@ class AsymmetricCroCo3DStereo(nn.Module):
 
     def _encode(self, img, true_shape, views, taps):
         x, pos = self.patch_embed(img, true_shape)  # (B,N,Ce), (B,N,2)
-        x = taps("patch_embed", x, views)
+        return self._encode_blocks(taps("patch_embed", x, views), pos, views, taps, 0), pos
+
+    def _encode_blocks(self, x, pos, views, taps, first):  # encoder blocks first, first + 1, ..., then enc_norm
         rope = self.rope.tables(pos, self.enc_embed_dim // self.enc_blocks[0].attn.num_heads)
-        for i, blk in enumerate(self.enc_blocks):
-            x = taps(f"enc_blocks.{i}", blk(x, rope, taps.inside(f"enc_blocks.{i}", views)), views)
-        return taps("enc_norm", self.enc_norm(x), views), pos
+        for i in range(first, len(self.enc_blocks)):
+            x = taps(f"enc_blocks.{i}", self.enc_blocks[i](x, rope, taps.inside(f"enc_blocks.{i}", views)), views)
+        return taps("enc_norm", self.enc_norm(x), views)
 
     def _decode(self, enc1, enc2, taps, heads):
         # decoders: synchronous exchange, each view reads the other's previous layer (dust3r/model.py, _decoder)
