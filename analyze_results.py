@@ -27,7 +27,7 @@ analysis/causal.py; how to read everything: README.md, sections Analysing a trai
     python analyze_results.py --mode=probe --checkpoint=random-tiny [--hooks=enc_norm,dec_blocks*.1]
 
 Runtime: a tiny random-weight test run, about 5 s on CPU; ViT-L at 224 with 128 pairs, a few minutes
-on one GPU (three DUSt3R passes per pair; the metrics are sparse column sums and take seconds).
+on one GPU (one encoder pass per image and three decoder passes per pair; the metrics take seconds).
 """
 import os
 import shutil
@@ -40,6 +40,7 @@ import torch
 import yaml
 
 from analysis import attributes, browser, causal, figures, multiview as mv, ply, probes
+from analysis.pairings import pairing_tokens
 from analysis.report import pct, write_json, write_layer_comparison, write_summary
 from data import collate_pairs, make_dataset, patch_correspondences, predicted_correspondences
 from models.loading import load_dust3r
@@ -47,7 +48,7 @@ from models.sae import SAE
 from training.checkpoint import RESUMABLE_CHANGES, read_state
 from training.config import UserError, apply_overrides, constants, require, require_positive
 from training.ddp import pick_device
-from training.hooks import autocast, view_sources, views_to
+from training.hooks import view_sources
 from training.run import git_state
 
 # ------------------------------------------------------------------------------------------------
@@ -56,6 +57,7 @@ split = "test"                # held-out split ('test' is the dataset's 'val' fo
 batch_size = 8                # pairs per DUSt3R forward
 correspondence = "auto"       # 'auto' (ground truth where the data has geometry, + predicted) | 'gt' | 'pred'
 controls = True               # also run every pair as (B, A) and (A, A): slot-swap and identical-image controls
+reuse_encoder = True          # encoder once per image for all three pairings; False: three full forwards (timing)
 n_perm = 200                  # draws of the shuffled-correspondence null (permutation p-values, >= 200)
 min_support = 50              # firing matched patches needed in each view before a latent is tested
 n_cards = 48                  # latents that get pictures in latents/ and a card in index.html
@@ -117,24 +119,9 @@ def read_run(run_dir, device):
 
 
 @torch.no_grad()
-def encode_pairs(model, sae, *, view1, view2, hooks, heads, device):
-    """SAE codes of both views [(B, N1, S), (B, N2, S)], patch grids [(B, 2), (B, 2)], and DUSt3R's
-    outputs (res1, res2) when heads (one pass: identity edits record the tokens on the way)."""
-    rec, res = {}, None
-    v1, v2 = views_to(view1, device), views_to(view2, device)
-    with autocast(device):
-        if heads:
-            def keep(t, v, name):
-                rec[(name, v)] = t
-                return t
-            res = model.forward_spliced(v1, v2, {h: (lambda t, v, h=h: keep(t, v, h)) for h in set(hooks)})
-        else:
-            out = model.forward_hooks(v1, v2, hooks=sorted(set(hooks)))
-            rec = {(h, v + 1): out.tokens[h][v] for v, h in enumerate(hooks)}
-    toks = [rec[(hooks[v], v + 1)] for v in range(2)]  # each (B, N, C)
-    z = [sae.encode(t.float().reshape(-1, t.shape[-1])).reshape(*t.shape[:2], -1).cpu() for t in toks]
-    grids = [model.patch_embed.grid(v["img"], torch.as_tensor(v["true_shape"]).reshape(-1, 2)) for v in (view1, view2)]
-    return z, grids, res
+def sae_codes(sae, tokens):
+    """SAE codes (B, N, S), on the CPU, of tokens (B, N, C)."""
+    return sae.encode(tokens.float().reshape(-1, tokens.shape[-1])).reshape(*tokens.shape[:2], -1).cpu()
 
 
 def collect(model, sae, ds, *, n, hooks, settings, device):
@@ -143,18 +130,19 @@ def collect(model, sae, ds, *, n, hooks, settings, device):
     (all in the real orientation, the token grids' orientation)."""
     pa = {k: mv.PairActivations() for k in (("ab", "ba", "aa") if settings.controls else ("ab",))}
     out = dict(gt=[], pred=[], rgb=[], pts=[], conf=[], rot=[], geom=[])
-    enc = dict(hooks=hooks, device=device)
     for lo in range(0, n, settings.batch_size):
         items = [ds[i] for i in range(lo, min(lo + settings.batch_size, n))]
         view1, view2 = collate_pairs(items)
         scenes = [str(s) for s in view1.get("label", view1["instance"])]
-        z, g, (res1, res2) = encode_pairs(model, sae, view1=view1, view2=view2, heads=True, **enc)
-        pa["ab"].add(z[0], z[1], g[0], g[1], scenes)
-        if settings.controls:  # (B, A): slot swap; (A, A): the same image in both slots
-            z, g, _ = encode_pairs(model, sae, view1=view2, view2=view1, heads=False, **enc)
-            pa["ba"].add(z[0], z[1], g[0], g[1], scenes)
-            z, g, _ = encode_pairs(model, sae, view1=view1, view2=view1, heads=False, **enc)
-            pa["aa"].add(z[0], z[1], g[0], g[1], scenes)
+        # the encoder runs once per image for all three pairings (analysis/pairings.py)
+        runs, (res1, res2) = pairing_tokens(model, view1, view2, hooks, controls=settings.controls, device=device,
+                                            reuse=settings.reuse_encoder)
+        codes = {}  # id(tokens) -> SAE codes: with an encoder hook, an image's tokens serve several pairings
+        for key, (t1, t2, g1, g2) in runs.items():  # 'ab'; with controls 'ba' (slot swap), 'aa' (same image twice)
+            for t in (t1, t2):
+                if id(t) not in codes:
+                    codes[id(t)] = sae_codes(sae, t)
+            pa[key].add(codes[id(t1)], codes[id(t2)], g1, g2, scenes)
         for b, (a, c) in enumerate(items):
             ts = (a["true_shape"], c["true_shape"])
             p = [ply.real_orientation(r[k][b].float().cpu().numpy(), t)

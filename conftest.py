@@ -10,5 +10,5 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: end-to-end script runs, multi-process and long training tests "
-                                       "(deselect with -m 'not slow')")
+    config.addinivalue_line("markers", "slow: end-to-end script runs, multi-process and long training tests, "
+                                       "compile checks (deselect with -m 'not slow')")

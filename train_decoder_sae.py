@@ -53,7 +53,7 @@ resolution = 224             # 224 -> 224x224, the 224_linear checkpoint's train
 hook = "dec_blocks*.5"       # 'dec_blocks.<i>' | 'dec_blocks2.<i>' (0..11) | 'dec_blocks*.<i>' both branches, one SAE;
                              # block 5: the decoder's middle, where cross-attention matches patches (Reloc3r #8)
 # SAE (defaults: README "Defaults and why")
-sae_kind = "topk"            # 'topk' (+ AuxK) | 'batchtopk' | 'relu' (ReLU + L1); TopK: saev, sparsify, openai
+sae_kind = "topk"            # 'topk' (+ AuxK) | 'batchtopk' | 'matryoshka' (BatchTopK, nested prefixes) | 'relu' (+ L1)
 expansion = 16               # latents = expansion * d (16 x 768 = 12288: saev's 16x; BatchTopK ref 12288 for 768)
 k = 32                       # active latents per token (topk, batchtopk): openai, sparsify, saev, BatchTopK
 aux_k = 512                  # AuxK: dead latents used to model the residual (Gao et al.)

@@ -46,7 +46,7 @@ data_root = ""               # dataset folder; '' = the dataset's default
 resolution = 224             # 224 -> 224x224, the 224_linear checkpoint's training size (14x14 tokens per view)
 hook = "enc_norm"            # 'enc_blocks.<i>' (0..23) | 'enc_norm' (what the decoder reads; the origin project's tap)
 # SAE (defaults: README "Defaults and why")
-sae_kind = "topk"            # 'topk' (+ AuxK) | 'batchtopk' | 'relu' (ReLU + L1); TopK: saev, sparsify, openai
+sae_kind = "topk"            # 'topk' (+ AuxK) | 'batchtopk' | 'matryoshka' (BatchTopK, nested prefixes) | 'relu' (+ L1)
 expansion = 16               # latents = expansion * d (16 x 1024 = 16384: saev's ViT-L sweeps)
 k = 32                       # active latents per token (topk, batchtopk): openai, sparsify, saev, BatchTopK
 aux_k = 512                  # AuxK: dead latents used to model the residual (Gao et al.)
@@ -68,7 +68,7 @@ num_workers = min(4, os.cpu_count() or 1)  # data-loading processes, at most one
 # evaluation, checkpoints, output
 eval_every = 250             # steps between held-out evaluations (4M tokens; saev, SAELens: 1-5M) and one at the end
 eval_pairs = 64              # held-out pairs (the dataset's 'val' split)
-fidelity = True              # spliced 3D fidelity score in every evaluation (3 DUSt3R runs per pair)
+fidelity = True              # spliced 3D fidelity in every evaluation (one DUSt3R run per pair from the hook on)
 log_every = 50               # steps between training-metric lines in metrics.jsonl
 ckpt_every = 500             # steps between resumable checkpoints (also written on Ctrl-C / SIGTERM)
 max_steps = 0                # stop after this many steps in this invocation (checkpointed; rerun resumes); 0 = all

@@ -3,11 +3,13 @@
 Re-implemented from a written spec of the official code (naver/dust3r @4c24a6e,
 naver/croco @d7de070). Module and parameter names are the official state-dict keys, so the released
 checkpoints load with strict=True (see models/loading.py). What the official code lacks and we add:
-  * hook points named by module path ('enc_blocks.23', 'dec_blocks2.11', ...): `forward_hooks` returns
-    their tokens and computes nothing after the last one it needs;
+  * hook points named by module path ('enc_blocks.23', 'dec_blocks2.11', and inside blocks 'dec_blocks.5.cross_attn'):
+    `forward_hooks` returns their tokens and computes nothing after the last one it needs;
   * `forward_spliced` runs the full model with a replacement function at any hook points;
+  * `encode` / `decode`: the encoder once per image, reused by any pairing of the views;
   * the heads are real submodules (official: closures, which break deepcopy);
-  * attention through F.scaled_dot_product_attention, RoPE tables computed once per forward.
+  * attention through F.scaled_dot_product_attention on token-major tensors, RoPE tables once per forward, no host
+    sync: torch.compile traces the inference variant as one graph.
 
 Shape legend: B batch, N tokens (h*w patch grid), C channels, Hd heads, Dh head dim, H x W pixels.
 """
@@ -26,11 +28,13 @@ from models.dpt import DPTHead
 
 Edit = Callable[[torch.Tensor, int], torch.Tensor]  # (tokens (B,N,C), view 1|2) -> tokens (B,N,C)
 HookOutput = namedtuple("HookOutput", ["tokens", "grid1", "grid2"])
+# one view after the encoder: tokens (B,N,Ce) after enc_norm, pos (B,N,2), true_shape and grid (B,2), hw = tensor (H, W)
+Encoded = namedtuple("Encoded", ["tokens", "pos", "true_shape", "grid", "hw"])
 
 
 # ----------------------------------------------------------------------------------------------------
-# RoPE100: 2-D rotary embedding (croco/models/pos_embed.py, RoPE2D). The first half of each head vector rotates with the row (y),
-# the second half with the column (x); rotate-half convention, inv_freq = base^(-2k/D), q and k only.
+# RoPE100: 2-D rotary embedding (croco/models/pos_embed.py, RoPE2D). The first half of each head vector rotates with the
+# row (y), the second half with the column (x); rotate-half convention, inv_freq = base^(-2k/D), q and k only.
 
 class RoPE2D(nn.Module):
     def __init__(self, freq: float = 100.0, F0: float = 1.0):
@@ -43,33 +47,37 @@ class RoPE2D(nn.Module):
 
     @staticmethod
     def rotate(t: torch.Tensor, tables: "RopeTables") -> torch.Tensor:
-        """t (B,Hd,N,Dh) rotated in place of the official pure-torch RoPE, with the same arithmetic."""
-        halves = t.chunk(2, dim=-1)  # y channels, x channels
-        out = []
-        for h, (cos, sin) in zip(halves, tables.get(t.dtype)):
-            a, b = h.chunk(2, dim=-1)
-            out.append(h * cos + torch.cat((-b, a), dim=-1) * sin)
-        return torch.cat(out, dim=-1)
+        """t (..., B,N,Hd,Dh) -> t * cos + rotate_half(t) * sin, per axis half, with the official arithmetic.
+        In quarters [a_y, b_y, a_x, b_x] the official code computes, per axis, [a, b] * cos + [-b, a] * sin; the minus
+        sign lives in the sin table ((-b) * s == b * (-s) exactly) and each quarter adds its partner's product in place:
+        bitwise the same result as the official cat/chunk version, at half the memory traffic of a swapped copy."""
+        cos, sin = tables.get(t.dtype)  # (B,N,1,Dh) each
+        out = t * cos
+        q = t.shape[-1] // 4
+        for dst, src in ((0, 1), (1, 0), (2, 3), (3, 2)):
+            out[..., dst * q:(dst + 1) * q].add_(t[..., src * q:(src + 1) * q] * sin[..., dst * q:(dst + 1) * q])
+        return out
 
 
 class RopeTables:
-    """cos/sin per token, (B,1,N,Dh/2) for y and for x, cached per dtype: the official code casts the fp32
-    angles to the token dtype (bf16 under autocast) before cos/sin, and so do we."""
+    """cos and signed sin per token, (B,N,1,Dh) covering both axes, cached per dtype: the official code casts the fp32
+    angles to the token dtype (bf16 under autocast) before cos/sin, and so do we. Angles are computed per token
+    (pos * inv_freq, the same single fp32 product as the official table lookup) so that no table size has to be
+    read back from the device: no host sync, nothing that breaks a torch.compile graph."""
 
     def __init__(self, pos, head_dim, base):
         D = head_dim // 2  # channels per axis
-        inv_freq = 1.0 / (base ** (torch.arange(0, D, 2, device=pos.device).float() / D))
-        t = torch.arange(int(pos.max()) + 1, device=pos.device, dtype=inv_freq.dtype)
-        self.angles = torch.einsum("i,j->ij", t, inv_freq)  # (P, D/2), fp32
-        self.pos, self.cache = pos, {}
+        inv_freq = 1.0 / (base ** (torch.arange(0, D, 2, device=pos.device).float() / D))  # (D/2,)
+        self.angles = pos.float()[..., None] * inv_freq  # (B,N,2,D/2) fp32, axis 0 = y, 1 = x
+        self.cache = {}
 
     def get(self, dtype):
         if dtype not in self.cache:
-            freqs = self.angles.to(dtype)
-            freqs = torch.cat((freqs, freqs), dim=-1)  # (P, D)
-            cos, sin = freqs.cos(), freqs.sin()
-            self.cache[dtype] = [(F.embedding(self.pos[:, :, a], cos)[:, None], F.embedding(self.pos[:, :, a], sin)[:, None])
-                                 for a in (0, 1)]  # y, then x: each (B,1,N,D)
+            a = self.angles.to(dtype)
+            cos, sin = a.cos(), a.sin()
+            cos = rearrange(torch.stack((cos, cos), dim=-2), "b n ax half f -> b n 1 (ax half f)")
+            sin = rearrange(torch.stack((-sin, sin), dim=-2), "b n ax half f -> b n 1 (ax half f)")
+            self.cache[dtype] = cos, sin  # (B,N,1,Dh): [y, y, x, x] quarters; sin signed [-, +, -, +]
         return self.cache[dtype]
 
 
@@ -96,10 +104,17 @@ class Attention(nn.Module):
         self.qkv, self.proj = nn.Linear(dim, dim * 3), nn.Linear(dim, dim)
 
     def forward(self, x, rope):
-        qkv = rearrange(self.qkv(x), "b n (three hd dh) -> three b hd n dh", three=3, hd=self.num_heads)
-        q, k, v = RoPE2D.rotate(qkv[0], rope), RoPE2D.rotate(qkv[1], rope), qkv[2]  # (B,Hd,N,Dh)
-        x = F.scaled_dot_product_attention(q, k, v)  # scale Dh^-0.5 as official (q@k^T)*scale
-        return self.proj(rearrange(x, "b hd n dh -> b n (hd dh)"))
+        qkv = rearrange(self.qkv(x), "b n (three hd dh) -> three b n hd dh", three=3, hd=self.num_heads)  # a view
+        q, k = RoPE2D.rotate(qkv[:2], rope)  # q and k in one pass, (B,N,Hd,Dh) each
+        return self.proj(_attend(q, k, qkv[2]))
+
+
+def _attend(q, k, v):
+    """(B,N,Hd,Dh) token-major q, k, v -> (B,N,C). SDPA (scale Dh^-0.5, as official) takes (B,Hd,N,Dh) views
+    and writes its output in the query's memory order: token-major in, token-major out, so merging the heads is a
+    view, not a copy (head-major q would cost a full copy of the tokens per attention on CPU)."""
+    x = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return rearrange(x, "b hd n dh -> b n (hd dh)")
 
 
 class CrossAttention(nn.Module):
@@ -110,25 +125,33 @@ class CrossAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x, y, rope_x, rope_y):
-        split = lambda t: rearrange(t, "b n (hd dh) -> b hd n dh", hd=self.num_heads)  # noqa: E731
+        split = lambda t: rearrange(t, "b n (hd dh) -> b n hd dh", hd=self.num_heads)  # noqa: E731  (a view)
         q = RoPE2D.rotate(split(self.projq(x)), rope_x)  # queries rotate with their own view's positions
         k = RoPE2D.rotate(split(self.projk(y)), rope_y)  # keys with the other view's
-        x = F.scaled_dot_product_attention(q, k, split(self.projv(y)))
-        return self.proj(rearrange(x, "b hd n dh -> b n (hd dh)"))
+        return self.proj(_attend(q, k, split(self.projv(y))))
+
+
+def _no_tap(stage, x):
+    return x
 
 
 class Block(nn.Module):
+    """Encoder block. `tap(stage, x)` sees (and may replace) the residual stream after the attention add ('attn') and
+    after the MLP add ('mlp'); the model passes a real one only when a sub-block point of this block is requested."""
+
     def __init__(self, dim, num_heads, mlp_ratio=4.0):
         super().__init__()
         self.norm1, self.attn = LayerNorm(dim), Attention(dim, num_heads)
         self.norm2, self.mlp = LayerNorm(dim), Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x, rope):
-        x = x + self.attn(self.norm1(x), rope)
-        return x + self.mlp(self.norm2(x))
+    def forward(self, x, rope, tap=_no_tap):
+        x = tap("attn", x + self.attn(self.norm1(x), rope))
+        return tap("mlp", x + self.mlp(self.norm2(x)))
 
 
 class DecoderBlock(nn.Module):
+    """Decoder block of one branch: x reads the other view's tokens y. `tap` as in Block: attn, cross_attn, mlp."""
+
     def __init__(self, dim, num_heads, mlp_ratio=4.0, norm_mem=True):
         super().__init__()
         self.norm1, self.attn = LayerNorm(dim), Attention(dim, num_heads)
@@ -137,11 +160,11 @@ class DecoderBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.norm_y = LayerNorm(dim) if norm_mem else nn.Identity()
 
-    def forward(self, x, y, rope_x, rope_y):
-        x = x + self.attn(self.norm1(x), rope_x)
+    def forward(self, x, y, rope_x, rope_y, tap=_no_tap):
+        x = tap("attn", x + self.attn(self.norm1(x), rope_x))
         y_ = self.norm_y(y)  # the other view's tokens, used as both keys and values
-        x = x + self.cross_attn(self.norm2(x), y_, rope_x, rope_y)
-        return x + self.mlp(self.norm3(x))
+        x = tap("cross_attn", x + self.cross_attn(self.norm2(x), y_, rope_x, rope_y))
+        return tap("mlp", x + self.mlp(self.norm3(x)))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -197,8 +220,7 @@ def postprocess(out: torch.Tensor, depth_mode, conf_mode) -> dict:
     xyz = fmap[..., 0:3]
     if mode != "linear":
         d = xyz.norm(dim=-1, keepdim=True)
-        xyz = xyz / d.clip(min=1e-8)
-        xyz = xyz * (d.square() if mode == "square" else torch.expm1(d))
+        xyz = (xyz / d.clip(min=1e-8)).mul_(d.square() if mode == "square" else torch.expm1(d))  # into the quotient
     res = {"pts3d": xyz}
     if conf_mode is not None:
         mode, vmin, vmax = conf_mode
@@ -264,120 +286,145 @@ class AsymmetricCroCo3DStereo(nn.Module):
             self.downstream_head2 = DPTHead(hooks, dims, patch_size)
         else:
             raise ValueError(f"head_type={head_type!r}: expected 'linear' or 'dpt'")
-        self.hook_points = (["patch_embed"] + [f"enc_blocks.{i}" for i in range(enc_depth)]
-                            + ["enc_norm", "decoder_embed"]
-                            + [f"dec_blocks{s}.{i}" for i in range(dec_depth) for s in ("", "2")] + ["dec_norm"])
+        enc = [f"enc_blocks.{i}{s}" for i in range(enc_depth) for s in (".attn", ".mlp", "")]
+        dec = [f"dec_blocks{b}.{i}{s}" for i in range(dec_depth) for b in ("", "2")
+               for s in (".attn", ".cross_attn", ".mlp", "")]
+        self.hook_points = ["patch_embed"] + enc + ["enc_norm", "decoder_embed"] + dec + ["dec_norm"]  # forward order
         self._order = {name: i for i, name in enumerate(self.hook_points)}
 
     # ---------------------------------------------------------------- public API
     def forward(self, view1: dict, view2: dict):
         """Official call: (res1, res2) with res1 pts3d/conf and res2 conf/pts3d_in_other_view."""
-        return self._run(view1, view2, {}, set(), heads=True)
+        return self._run(view1, view2, _Taps())
 
     def forward_hooks(self, view1: dict, view2: dict, hooks) -> HookOutput:
         """Tokens (B,N,C) at the named hook points for both views; stops after the last one needed.
-        tokens[name] = (view-1 tokens or None, view-2 tokens or None): 'dec_blocks.i' exists only for view 1,
-        'dec_blocks2.i' only for view 2. grid1/grid2 (B,2) give each item's (h, w) in its real orientation."""
+        tokens[name] = (view-1 tokens or None, view-2 tokens or None): 'dec_blocks.i*' exist only for view 1,
+        'dec_blocks2.i*' only for view 2. grid1/grid2 (B,2) give each item's (h, w) in its real orientation."""
         hooks = [hooks] if isinstance(hooks, str) else list(hooks)
         self._check(hooks)
-        return self._run(view1, view2, {}, set(hooks), heads=False)
+        return self._run(view1, view2, _Taps(record=hooks, order=self._order))
 
     def forward_spliced(self, view1: dict, view2: dict, edits: dict):
         """Full forward with edits[name](tokens, view) replacing the tokens at hook point `name` (both views
         where both pass through it). Gradients flow if the caller enables them."""
         self._check(edits)
-        return self._run(view1, view2, dict(edits), set(), heads=True)
+        return self._run(view1, view2, _Taps(edits=edits))
+
+    def encode(self, *views: dict, edits: dict | None = None) -> list:
+        """Encoder output of each view (an `Encoded`), for reuse by several `decode` pairings: (A, B), (B, A) and
+        (A, A) need the encoder once per image. Views of one size go through as one batch, as in `forward`, so
+        decode(*encode(v1, v2)) is forward(v1, v2) exactly. `edits` may name encoder hook points (up to enc_norm);
+        edit functions get the view's position in this call (1, 2, ...)."""
+        edits = dict(edits or {})
+        self._check(edits)
+        late = [n for n in edits if self._order[n] > self._order["enc_norm"]]
+        assert not late, f"encode() runs the encoder only; edits at {late} belong in decode()"
+        return self._encode_views(views, _Taps(edits=edits))
+
+    def encode_from(self, name: str, tokens: list, encoded: list) -> list:
+        """encode(*views, edits={name: ...}), bit for bit, without recomputing the encoder before `name` (patch_embed,
+        enc_blocks.<i> or enc_norm): `tokens` are the views' (edited) tokens there, `encoded` their encode()."""
+        depth = len(self.enc_blocks)
+        first = dict(patch_embed=0, enc_norm=depth, **{f"enc_blocks.{i}": i + 1 for i in range(depth)})  # next block
+        assert name in first and all(e.hw == encoded[0].hw for e in encoded), f"{name}: block output, one image size"
+        x, views = torch.cat(tokens), tuple(range(1, len(tokens) + 1))  # (V*B,N,Ce): as encode() batched the views
+        if name != "enc_norm":
+            x = self._encode_blocks(x, torch.cat([e.pos for e in encoded]), views, _Taps(), first[name])
+        return [e._replace(tokens=t) for e, t in zip(encoded, x.chunk(len(tokens)))]
+
+    def decode(self, enc1: "Encoded", enc2: "Encoded", *, hooks=None, edits: dict | None = None):
+        """Decoders and heads on encoded views: (res1, res2) as `forward`, or with `hooks` (decoder_embed onwards) a
+        HookOutput as `forward_hooks`, stopping after the last point needed. `edits` as in `forward_spliced`."""
+        names = [hooks] if isinstance(hooks, str) else list(hooks or [])
+        edits = dict(edits or {})
+        self._check(names + list(edits))
+        early = [n for n in names + list(edits) if self._order[n] < self._order["decoder_embed"]]
+        assert not early, f"decode() starts at decoder_embed; {early} belong in encode() / forward_hooks()"
+        taps = _Taps(edits=edits, record=names, order=self._order)
+        return taps.run(lambda: self._decode(enc1, enc2, taps, heads=not names), lambda: (enc1.grid, enc2.grid))
 
     # ---------------------------------------------------------------- internals
     def _check(self, names):
         bad = [n for n in names if n not in self._order]
         if bad:
             raise KeyError(f"unknown hook point(s) {bad}; valid: patch_embed, enc_blocks.0..{len(self.enc_blocks) - 1}, "
-                           f"enc_norm, decoder_embed, dec_blocks.i, dec_blocks2.i (0..{len(self.dec_blocks) - 1}), dec_norm")
+                           f"enc_norm, decoder_embed, dec_blocks.i, dec_blocks2.i (0..{len(self.dec_blocks) - 1}), "
+                           "dec_norm; in blocks: enc_blocks.i.attn|mlp, dec_blocks[2].i.attn|cross_attn|mlp")
 
-    def _run(self, view1, view2, edits, record, heads):
-        img1, img2 = view1["img"], view2["img"]
-        shape1 = _true_shape(view1, img1)
-        shape2 = _true_shape(view2, img2)
-        last = len(self.hook_points) if heads else max(self._order[n] for n in record)
-        upto = lambda name: self._order[name] <= last  # noqa: E731  (is this point needed at all?)
-        tokens = {name: [None, None] for name in record}
+    def _run(self, view1, view2, taps):
+        return taps.run(lambda: self._decode(*self._encode_views((view1, view2), taps), taps, heads=not taps.record),
+                        lambda: [self.patch_embed.grid(v["img"], _true_shape(v, v["img"])) for v in (view1, view2)])
 
-        def tap(name, x, views):
-            """Apply the edit at `name`, record its tokens. x holds the given views' tokens, concatenated."""
-            if name not in edits and name not in record:
-                return x
-            parts = list(x.chunk(len(views))) if len(views) > 1 else [x]
-            if name in edits:
-                parts = [edits[name](t, v) for t, v in zip(parts, views)]
-                x = torch.cat(parts) if len(parts) > 1 else parts[0]
-            for t, v in zip(parts, views):
-                if name in record:
-                    tokens[name][v - 1] = t
-            return x
-
-        # encoder: same-size views go through as one batch, as official (it changes CPU numerics by ~1e-5)
-        if img1.shape[-2:] == img2.shape[-2:]:
-            feat, pos = self._encode(torch.cat((img1, img2)), torch.cat((shape1, shape2)), (1, 2), tap, upto)
-            (feat1, feat2), (pos1, pos2) = feat.chunk(2), pos.chunk(2)
+    def _encode_views(self, views, taps):
+        """Encoded per view; same-size views go through as one batch, as official (it changes CPU numerics by ~1e-5)."""
+        imgs = [v["img"] for v in views]
+        shapes = [_true_shape(v, img) for v, img in zip(views, imgs)]
+        nums = tuple(range(1, len(views) + 1))
+        if all(img.shape[-2:] == imgs[0].shape[-2:] for img in imgs):
+            feat, pos = self._encode(torch.cat(imgs), torch.cat(shapes), nums, taps)
+            parts = zip(feat.chunk(len(views)), pos.chunk(len(views)))
         else:
-            feat1, pos1 = self._encode(img1, shape1, (1,), tap, upto)
-            feat2, pos2 = self._encode(img2, shape2, (2,), tap, upto)
-        grids = (self.patch_embed.grid(img1, shape1), self.patch_embed.grid(img2, shape2))
-        if not upto("decoder_embed"):
-            return HookOutput({k: tuple(v) for k, v in tokens.items()}, *grids)
+            parts = []
+            for img, ts, n in zip(imgs, shapes, nums):
+                taps.solo = True  # recording: stop this view's encoder at the last point, go on with the next view
+                try:
+                    parts.append(self._encode(img, ts, (n,), taps))
+                except _Done:
+                    if taps.complete():
+                        raise
+                    parts.append((None, None))
+                finally:
+                    taps.solo = False
+        return [Encoded(f, p, ts, self.patch_embed.grid(img, ts), tuple(img.shape[-2:]))
+                for (f, p), ts, img in zip(parts, shapes, imgs)]
 
+    def _encode(self, img, true_shape, views, taps):
+        x, pos = self.patch_embed(img, true_shape)  # (B,N,Ce), (B,N,2)
+        return self._encode_blocks(taps("patch_embed", x, views), pos, views, taps, 0), pos
+
+    def _encode_blocks(self, x, pos, views, taps, first):  # encoder blocks first, first + 1, ..., then enc_norm
+        rope = self.rope.tables(pos, self.enc_embed_dim // self.enc_blocks[0].attn.num_heads)
+        for i in range(first, len(self.enc_blocks)):
+            x = taps(f"enc_blocks.{i}", self.enc_blocks[i](x, rope, taps.inside(f"enc_blocks.{i}", views)), views)
+        return taps("enc_norm", self.enc_norm(x), views)
+
+    def _decode(self, enc1, enc2, taps, heads):
         # decoders: synchronous exchange, each view reads the other's previous layer (dust3r/model.py, _decoder)
-        rope1, rope2 = self.rope.tables(pos1, self._dec_head_dim), self.rope.tables(pos2, self._dec_head_dim)
-        dec1, dec2 = [feat1], [feat2]  # the heads' lists start with the encoder output, not decoder_embed's
-        f1 = tap("decoder_embed", self.decoder_embed(feat1), (1,))
-        f2 = tap("decoder_embed", self.decoder_embed(feat2), (2,))
+        head_dim = self.dec_embed_dim // self.dec_blocks[0].attn.num_heads if len(self.dec_blocks) else 2
+        rope1, rope2 = self.rope.tables(enc1.pos, head_dim), self.rope.tables(enc2.pos, head_dim)
+        dec1, dec2 = [enc1.tokens], [enc2.tokens]  # the heads' lists start with the encoder output, not decoder_embed's
+        f1 = taps("decoder_embed", self.decoder_embed(enc1.tokens), (1,))
+        f2 = taps("decoder_embed", self.decoder_embed(enc2.tokens), (2,))
         for i, (blk1, blk2) in enumerate(zip(self.dec_blocks, self.dec_blocks2)):
             n1, n2 = f"dec_blocks.{i}", f"dec_blocks2.{i}"
-            new1 = tap(n1, blk1(f1, f2, rope1, rope2), (1,)) if upto(n1) else None
-            new2 = tap(n2, blk2(f2, f1, rope2, rope1), (2,)) if upto(n2) else None
-            if new2 is None:  # the last needed point was dec_blocks.i
-                return HookOutput({k: tuple(v) for k, v in tokens.items()}, *grids)
-            f1, f2 = new1, new2
+            new1 = taps(n1, blk1(f1, f2, rope1, rope2, taps.inside(n1, (1,))), (1,))
+            f2 = taps(n2, blk2(f2, f1, rope2, rope1, taps.inside(n2, (2,))), (2,))
+            f1 = new1
             dec1.append(f1)
             dec2.append(f2)
-        if not upto("dec_norm"):
-            return HookOutput({k: tuple(v) for k, v in tokens.items()}, *grids)
-        dec1[-1] = tap("dec_norm", self.dec_norm(f1), (1,))
-        dec2[-1] = tap("dec_norm", self.dec_norm(f2), (2,))
+        dec1[-1] = taps("dec_norm", self.dec_norm(f1), (1,))
+        dec2[-1] = taps("dec_norm", self.dec_norm(f2), (2,))
         if not heads:
-            return HookOutput({k: tuple(v) for k, v in tokens.items()}, *grids)
-
+            return None
         # heads always in fp32, autocast off (official forward does the same)
-        with torch.autocast(device_type=img1.device.type, enabled=False):
-            res1 = self._head(self.downstream_head1, [t.float() for t in dec1], shape1)
-            res2 = self._head(self.downstream_head2, [t.float() for t in dec2], shape2)
+        with torch.autocast(device_type=enc1.tokens.device.type, enabled=False):
+            res1 = self._head(self.downstream_head1, [t.float() for t in dec1], enc1)
+            res2 = self._head(self.downstream_head2, [t.float() for t in dec2], enc2)
         res2["pts3d_in_other_view"] = res2.pop("pts3d")
         return res1, res2
 
-    @property
-    def _dec_head_dim(self):
-        return self.dec_embed_dim // self.dec_blocks[0].attn.num_heads if len(self.dec_blocks) else 2
-
-    def _encode(self, img, true_shape, views, tap, upto):
-        x, pos = self.patch_embed(img, true_shape)  # (B,N,Ce), (B,N,2)
-        x = tap("patch_embed", x, views)
-        if not upto("enc_blocks.0") and not upto("enc_norm"):
-            return x, pos
-        rope = self.rope.tables(pos, self.enc_embed_dim // self.enc_blocks[0].attn.num_heads)
-        for i, blk in enumerate(self.enc_blocks):
-            if not upto(f"enc_blocks.{i}"):
-                return x, pos
-            x = tap(f"enc_blocks.{i}", blk(x, rope), views)
-        if upto("enc_norm"):
-            x = tap("enc_norm", self.enc_norm(x), views)
-        return x, pos
-
-    def _head(self, head, dec, true_shape):
+    def _head(self, head, dec, enc):
         """dust3r/utils/misc.py transpose_to_landscape: inference variant runs at the batch's one true_shape; training
         variant runs portrait items at their real shape and transposes their outputs back to landscape."""
         run = lambda d, hw: postprocess(head(d, hw), self.depth_mode, self.conf_mode)  # noqa: E731
+        true_shape = enc.true_shape
         if not self.landscape_only:
+            if not self.patch_embed.many_ar:  # the tensor is upright: its size is the true shape (no host read-back)
+                if not torch.compiler.is_compiling():
+                    assert (true_shape == torch.tensor(enc.hw)).all(), \
+                        f"true_shape {true_shape.tolist()} differs from the image size {enc.hw}"
+                return run(dec, enc.hw)
             assert (true_shape == true_shape[0:1]).all(), "true_shape must be identical across the batch"
             return run(dec, tuple(int(v) for v in true_shape[0]))
         H, W = int(true_shape.min()), int(true_shape.max())
@@ -394,6 +441,57 @@ class AsymmetricCroCo3DStereo(nn.Module):
             out[k][~portrait.to(out[k].device)] = land[k]
             out[k][portrait.to(out[k].device)] = port[k].swapaxes(1, 2)
         return out
+
+
+class _Done(Exception):
+    """Raised by _Taps after the last hook point it records: nothing after it is computed."""
+
+
+class _Taps:
+    """The edits and recordings of one forward. Called at every hook point; a no-op set lookup when nothing is asked."""
+
+    def __init__(self, edits=None, record=(), order=None):
+        self.edits, self.record = dict(edits or {}), set(record)
+        self.active = set(self.edits) | self.record
+        self.blocks = {n.rsplit(".", 1)[0] for n in self.active if n.count(".") == 2}  # blocks with sub-block points
+        self.last = max(self.record, key=order.get) if self.record else None
+        self.tokens = {name: [None, None] for name in record}
+        self.solo = False  # True while one view of a mixed-size pair goes through the encoder alone
+
+    def __call__(self, name, x, views):
+        """Apply the edit at `name`, record its tokens. x holds the given views' tokens, concatenated."""
+        if name not in self.active:
+            return x
+        parts = list(x.chunk(len(views))) if len(views) > 1 else [x]
+        if name in self.edits:
+            parts = [self.edits[name](t, v) for t, v in zip(parts, views)]
+            x = torch.cat(parts) if len(parts) > 1 else parts[0]
+        if name in self.record:
+            for t, v in zip(parts, views):
+                self.tokens[name][v - 1] = t
+            if name == self.last and (self.solo or self.complete()):
+                raise _Done
+        return x
+
+    def complete(self):
+        """Every view the last point carries is recorded (decoder branch 1 carries view 1 only, branch 2 view 2)."""
+        branch = self.last.split(".")[0]
+        carried = {"dec_blocks": (1,), "dec_blocks2": (2,)}.get(branch, (1, 2))
+        return all(self.tokens[self.last][v - 1] is not None for v in carried)
+
+    def inside(self, block, views):
+        """The tap a block calls at its sub-block points; the identity when none of them is asked for."""
+        return (lambda stage, x: self(f"{block}.{stage}", x, views)) if block in self.blocks else _no_tap
+
+    def run(self, forward, grids):
+        """forward()'s outputs; when recording, a HookOutput (forward stops by _Done after the last point needed)."""
+        if not self.record:
+            return forward()
+        try:
+            forward()
+        except _Done:
+            pass
+        return HookOutput({k: tuple(v) for k, v in self.tokens.items()}, *grids())
 
 
 def _init_weights(m):

@@ -38,7 +38,8 @@ def _wait(proc):
 def test_train_then_analyze(tmp_path):
     enc, dec, cmp_dir = tmp_path / "enc", tmp_path / "dec", tmp_path / "cmp"
     train = [_start(["train_encoder_sae.py", *TINY, "--hook=enc_blocks.1", f"--out_dir={tmp_path}", "--run_name=enc"]),
-             _start(["train_decoder_sae.py", *TINY, "--hook=dec_blocks*.1", f"--out_dir={tmp_path}", "--run_name=dec"])]
+             _start(["train_decoder_sae.py", *TINY, "--hook=dec_blocks*.1", f"--out_dir={tmp_path}", "--run_name=dec",
+                     "--sae_kind=matryoshka"])]   # a Matryoshka SAE through training and analysis
     for p in train:  # the two tiny runs in parallel (2 cores)
         _wait(p)
     out = _wait(_start(["analyze_results.py", str(dec), str(enc), "--n_pairs=8", "--n_perm=20", "--min_support=5",

@@ -78,7 +78,7 @@ def test_golden(sources, config, case, path):
     (v1, v2), exp = load_case(config, case)
     with torch.no_grad():
         res1, res2 = model(v1, v2)
-        out = model.forward_hooks(v1, v2, model.hook_points)
+        out = model.forward_hooks(v1, v2, [h for h in model.hook_points if h.count(".") < 2])  # sub-block points: below
     n = 0
     for hook, pair in out.tokens.items():
         for view, t in zip((1, 2), pair):
@@ -241,3 +241,134 @@ def test_bf16_autocast_keeps_heads_fp32(linear):
     assert res1["pts3d"].dtype == torch.float32
     rel = (res1["pts3d"] - exp["view1.pts3d"]).norm() / exp["view1.pts3d"].norm()
     assert rel < 0.1  # bf16 trunk: close, not exact
+
+
+# ---------------------------------------------------------------- sub-block hook points, encoder reuse, compile
+def test_sub_block_points_match_a_manual_computation(linear):
+    (v1, v2), _ = load_case("linear", "landscape_b2")
+    names = ["enc_blocks.0", "enc_blocks.1.attn", "enc_blocks.1.mlp", "enc_blocks.1", "dec_blocks.0", "dec_blocks2.0",
+             "dec_blocks.1.attn", "dec_blocks.1.cross_attn", "dec_blocks.1.mlp", "dec_blocks.1",
+             "dec_blocks2.1.attn", "dec_blocks2.1.cross_attn", "dec_blocks2.1"]
+    tok = linear.forward_hooks(v1, v2, names).tokens
+    with torch.no_grad():
+        # encoder block 1 on both views (one batch, as the model runs them)
+        x = torch.cat(tok["enc_blocks.0"])
+        pos = torch.cat([linear.patch_embed(v["img"], v["true_shape"])[1] for v in (v1, v2)])
+        blk, rope = linear.enc_blocks[1], linear.rope.tables(pos, 48 // linear.enc_blocks[0].attn.num_heads)
+        after_attn = x + blk.attn(blk.norm1(x), rope)
+        after_mlp = after_attn + blk.mlp(blk.norm2(after_attn))
+        assert torch.equal(torch.cat(tok["enc_blocks.1.attn"]), after_attn)
+        assert torch.equal(torch.cat(tok["enc_blocks.1.mlp"]), after_mlp)
+        assert torch.equal(torch.cat(tok["enc_blocks.1"]), after_mlp)
+        # decoder block 1 of both branches: each reads its own and the other branch's block-0 output
+        f1, f2 = tok["dec_blocks.0"][0], tok["dec_blocks2.0"][1]
+        hd = 32 // linear.dec_blocks[0].attn.num_heads
+        r1, r2 = linear.rope.tables(pos[:2], hd), linear.rope.tables(pos[2:], hd)
+        for name, blk, x, y, rx, ry, view in (("dec_blocks.1", linear.dec_blocks[1], f1, f2, r1, r2, 0),
+                                              ("dec_blocks2.1", linear.dec_blocks2[1], f2, f1, r2, r1, 1)):
+            a = x + blk.attn(blk.norm1(x), rx)
+            c = a + blk.cross_attn(blk.norm2(a), blk.norm_y(y), rx, ry)
+            m = c + blk.mlp(blk.norm3(c))
+            assert torch.equal(tok[f"{name}.attn"][view], a) and torch.equal(tok[f"{name}.cross_attn"][view], c)
+            assert torch.equal(tok[name][view], m) and tok[f"{name}.attn"][1 - view] is None
+    assert torch.equal(tok["dec_blocks.1.mlp"][0], tok["dec_blocks.1"][0])  # '.mlp' is the block output
+    assert not torch.equal(tok["dec_blocks.1.attn"][0], tok["dec_blocks.1.cross_attn"][0])
+
+
+def test_sub_block_point_exits_early(linear):
+    (v1, v2), _ = load_case("linear", "landscape_b2")
+    called = []
+    mods = {"dec_blocks.1.cross_attn": linear.dec_blocks[1].cross_attn, "dec_blocks2.1": linear.dec_blocks2[1],
+            "enc_blocks.1.mlp": linear.enc_blocks[1].mlp, "enc_norm": linear.enc_norm}
+    handles = [m.register_forward_hook(lambda *a, n=n: called.append(n)) for n, m in mods.items()]
+    try:
+        out = linear.forward_hooks(v1, v2, ["enc_blocks.1.attn"])
+        assert called == [] and out.tokens["enc_blocks.1.attn"][1].shape == (2, 15, 48)
+        out = linear.forward_hooks(v1, v2, ["dec_blocks.1.attn"])
+        assert called == ["enc_blocks.1.mlp", "enc_norm"]  # no cross-attention of block 1, no branch 2 block 1
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def test_sub_block_splice_identity_zero_and_gradients(linear):
+    (v1, v2), _ = load_case("linear", "landscape_b2")
+    clean = linear(v1, v2)
+    for hook in ("enc_blocks.1.attn", "dec_blocks.1.cross_attn", "dec_blocks2.0.attn", "dec_blocks2.1.mlp"):
+        same = linear.forward_spliced(v1, v2, {hook: lambda t, v: t.clone()})
+        assert all(torch.equal(a[k], b[k]) for a, b in zip(clean, same) for k in a), hook
+    # zeroing branch 2's stream after its last cross-attention changes view 2 only
+    zero = linear.forward_spliced(v1, v2, {"dec_blocks2.2.cross_attn": lambda t, v: torch.zeros_like(t)})
+    assert torch.equal(zero[0]["pts3d"], clean[0]["pts3d"])
+    assert not torch.allclose(zero[1]["pts3d_in_other_view"], clean[1]["pts3d_in_other_view"])
+    delta = torch.zeros(32, requires_grad=True)
+    seen = []
+    with torch.enable_grad():
+        edit = {"dec_blocks2.1.cross_attn": lambda t, v: (seen.append(v), t + delta)[1]}
+        _, res2 = linear.forward_spliced(v1, v2, edit)
+        res2["pts3d_in_other_view"].sum().backward()
+    assert seen == [2] and delta.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("case", ["landscape_b2", "portrait_view2"])
+def test_encode_once_decode_any_pairing(linear, case):
+    (a, b), _ = load_case("linear", case)
+    ea, eb = linear.encode(a, b)
+    assert ea.tokens.shape == linear.forward_hooks(a, b, ["enc_norm"]).tokens["enc_norm"][0].shape
+    for (x, y), (ex, ey) in (((a, b), (ea, eb)), ((b, a), (eb, ea)), ((a, a), (ea, ea))):
+        ref, got = linear(x, y), linear.decode(ex, ey)
+        assert all(torch.equal(r[k], g[k]) for r, g in zip(ref, got) for k in r)
+    hooks = ["decoder_embed", "dec_blocks.1.cross_attn", "dec_blocks2.2"]
+    ref, got = linear.forward_hooks(b, a, hooks), linear.decode(eb, ea, hooks=hooks)
+    assert torch.equal(ref.grid1, got.grid1) and torch.equal(ref.grid2, got.grid2)
+    for h in hooks:
+        assert all((r is None and g is None) or torch.equal(r, g) for r, g in zip(ref.tokens[h], got.tokens[h]))
+    zero = {"enc_blocks.1.mlp": lambda t, v: t * 0.5}
+    ref, got = linear.forward_spliced(a, b, zero), linear.decode(*linear.encode(a, b, edits=zero))
+    assert all(torch.equal(r[k], g[k]) for r, g in zip(ref, got) for k in r)
+    with pytest.raises(AssertionError, match="decode"):
+        linear.encode(a, edits={"dec_blocks.0": lambda t, v: t})
+    with pytest.raises(AssertionError, match="encode"):
+        linear.decode(ea, eb, hooks=["enc_norm"])
+
+
+def test_mixed_size_pair_records_both_views(linear):
+    (v1, v2), _ = load_case("linear", "portrait_view2")  # view 2 is portrait: the views are encoded one at a time
+    full = linear.forward_hooks(v1, v2, ["enc_blocks.0", "enc_norm"])
+    called = []
+    handle = linear.enc_blocks[1].register_forward_hook(lambda *a: called.append(1))
+    try:
+        early = linear.forward_hooks(v1, v2, ["enc_blocks.0"])
+    finally:
+        handle.remove()
+    assert called == []  # neither view's encoder went past the point
+    assert all(torch.equal(x, y) for x, y in zip(full.tokens["enc_blocks.0"], early.tokens["enc_blocks.0"]))
+
+
+@pytest.mark.slow
+def test_compiles_without_graph_breaks(linear):
+    """torch.compile(fullgraph=True) raises at any graph break; the eager backend checks tracing without codegen."""
+    (v1, v2), _ = load_case("linear", "landscape_b2")
+    compiled = torch.compile(linear, backend="eager", fullgraph=True)
+    with torch.no_grad():
+        ref, got = linear(v1, v2), compiled(v1, v2)
+    assert all(torch.equal(r[k], g[k]) for r, g in zip(ref, got) for k in r)
+
+
+def test_rope_rotation_is_bitwise_the_official_formula():
+    """croco's RoPE2D: per axis half, x * cos + cat(-x2, x1) * sin with cos/sin looked up from a (P, D) table."""
+    from models.dust3r import RoPE2D, _positions
+    B, h, w, Hd, Dh = 2, 3, 5, 4, 16
+    pos = _positions(B, h, w, "cpu")
+    t = torch.randn(B, h * w, Hd, Dh)
+    D = Dh // 2
+    inv = 1.0 / (100.0 ** (torch.arange(0, D, 2).float() / D))
+    freqs = torch.einsum("i,j->ij", torch.arange(max(h, w)).float(), inv)
+    freqs = torch.cat((freqs, freqs), dim=-1)  # (P, D)
+    halves = []
+    for axis, x in enumerate(t.chunk(2, dim=-1)):
+        cos = torch.nn.functional.embedding(pos[:, :, axis], freqs.cos())[:, :, None]  # (B,N,1,D)
+        sin = torch.nn.functional.embedding(pos[:, :, axis], freqs.sin())[:, :, None]
+        x1, x2 = x[..., :D // 2], x[..., D // 2:]
+        halves.append(x * cos + torch.cat((-x2, x1), dim=-1) * sin)
+    assert torch.equal(RoPE2D.rotate(t, RoPE2D(100.0).tables(pos, Dh)), torch.cat(halves, dim=-1))

@@ -57,7 +57,7 @@ class _Stub(torch.nn.Module):
         return torch.zeros(self.cfg.n_latents, dtype=torch.bool)
 
 
-@pytest.mark.parametrize("hook", ["enc_blocks.1", "dec_blocks*.0"])
+@pytest.mark.parametrize("hook", ["enc_blocks.1", "dec_blocks*.0", "enc_blocks.1.attn", "dec_blocks*.1.cross_attn"])
 def test_fidelity_score_ends(hook):
     model = load_dust3r("random-tiny", torch.device("cpu"), landscape_only=True)
     sources = hook_sources(hook, ("enc", "dec"))

@@ -14,8 +14,11 @@ pair (view 2 in view 1's frame) divided by their average distance to the origin 
 both views, per-pixel Euclidean error, weighted by the run's confidence minus alpha*log(conf), averaged
 over valid pixels per view and summed over the two views (naver/dust3r losses.py). L is measured against
 the clean run's pointmaps (all pixels valid), and against ground truth where the dataset has geometry.
-The clean and mean-ablated runs depend only on the eval set, so they are computed once.
+The clean and mean-ablated runs depend only on the eval set, so they are computed once, and all runs of a
+batch share the encoder work before the hook point (EvalSet).
 """
+import re
+
 import torch
 from einops import einsum
 
@@ -74,11 +77,17 @@ def _outputs(res1, res2):
 
 class EvalSet:
     """Held-out pairs prepared once: hook tokens (n, T, C), branch ids, and for the spliced score the view
-    batches plus the clean and mean-ablated losses."""
+    batches, each batch's clean encoder state and the clean and mean-ablated losses.
+
+    The clean, mean-ablated and every SAE-spliced run of a batch share the encoder work before the hook point:
+    for a decoder hook the encoder output (model.encode once, model.decode per run), for an encoder hook
+    ('patch_embed', 'enc_blocks.<i>', 'enc_norm') the clean tokens at the hook (model.encode_from per run). Each
+    run's outputs equal a full forward_spliced's (tests/test_eval_reuse.py). Memory: two (B, N, C) tensors per
+    view and batch stay on the device (64 pairs at 224 in bf16: about 100 MB)."""
 
     def __init__(self, tokens, branch, *, sources, model=None, batches=(), device="cpu"):
         self.tokens, self.branch, self.sources, self.model, self.device = tokens, branch, sources, model, device
-        self.batches, self.clean, self.gt = list(batches), [], []
+        self.batches, self.clean, self.gt, self.encoded = list(batches), [], [], []
         # per hook point mean over all its eval tokens (views through the same point share one mean)
         self.means = {}
         for name in dict(sources):
@@ -89,8 +98,9 @@ class EvalSet:
         if model is not None and self.batches:
             clean, gt_l, ablate = LossSum(), LossSum(), LossSum()
             ablate_gt, clean_gt = LossSum(), LossSum()
-            for view1, view2 in self.batches:
-                pts, conf = self._run(view1, view2, {})
+            for i, (view1, view2) in enumerate(self.batches):
+                self.encoded.append(self._encode(view1, view2))
+                pts, conf = self._run(i, {})
                 self.clean.append(pts)
                 gt = ground_truth(view1, view2)
                 self.gt.append(gt)
@@ -98,7 +108,7 @@ class EvalSet:
                 clean.update(pts, conf, pts, full)
                 edits = {name: (lambda t, v, m=m: m.to(t.device, t.dtype).expand_as(t))
                          for name, m in self.means.items()}
-                a_pts, a_conf = self._run(view1, view2, edits)
+                a_pts, a_conf = self._run(i, edits)
                 ablate.update(a_pts, a_conf, pts, full)
                 if gt is not None:
                     clean_gt.update(pts, conf, *gt)
@@ -119,10 +129,33 @@ class EvalSet:
                    batches=batches if fidelity else (), device=device)
 
     @torch.no_grad()
-    def _run(self, view1, view2, edits):
+    def _encode(self, view1, view2):
+        """A batch's clean state shared by its runs: (encode() of both views, clean tokens at an encoder hook per
+        view or None for a decoder hook); None where model.encode_from cannot resume (full forwards then)."""
+        (name, _), order = self.sources[0], self.model.hook_points.index
         v1, v2 = views_to(view1, self.device), views_to(view2, self.device)
         with autocast(self.device):
-            res1, res2 = self.model.forward_spliced(v1, v2, edits) if edits else self.model(v1, v2)
+            if order(name) > order("enc_norm"):  # decoder hook: the whole encoder output is clean
+                return self.model.encode(v1, v2), None
+            if not re.fullmatch(r"patch_embed|enc_norm|enc_blocks\.\d+", name) or v1["img"].shape != v2["img"].shape:
+                return None  # inside a block, or views of two sizes (encoded apart): full forwards
+            rec = {}
+            return self.model.encode(v1, v2, edits={name: lambda t, v: rec.setdefault(v, t)}), [rec[1], rec[2]]
+
+    @torch.no_grad()
+    def _run(self, i, edits):
+        """Pointmaps and confidences of batch i with `edits` ({hook point: fn(tokens, view)}) spliced in."""
+        state = self.encoded[i]
+        with autocast(self.device):
+            if state is None:  # no shared state: the full forward
+                v1, v2 = (views_to(v, self.device) for v in self.batches[i])
+                res1, res2 = self.model.forward_spliced(v1, v2, edits)
+            elif state[1] is None or not edits:  # decoder hook, or the clean run
+                res1, res2 = self.model.decode(*state[0], edits=edits)
+            else:  # encoder hook: finish the encoder from the edited clean tokens
+                (name, fn), = edits.items()
+                enc = self.model.encode_from(name, [fn(t, v + 1) for v, t in enumerate(state[1])], state[0])
+                res1, res2 = self.model.decode(*enc)
         return _outputs(res1, res2)
 
 
@@ -161,8 +194,8 @@ def evaluate(sae, ev, chunk_tokens=8192, dense_thresh=1e-2):
                 flat = t.reshape(-1, t.shape[-1]).float()
                 return sae.decode(sae.encode(flat)).reshape(t.shape).to(t.dtype)
         sae_clean, sae_gt = LossSum(), LossSum()
-        for (view1, view2), clean, gt in zip(ev.batches, ev.clean, ev.gt):
-            pts, conf = ev._run(view1, view2, {name: splice for name in ev.means})
+        for i, (clean, gt) in enumerate(zip(ev.clean, ev.gt)):
+            pts, conf = ev._run(i, {name: splice for name in ev.means})
             sae_clean.update(pts, conf, clean, [torch.ones(p.shape[:-1], dtype=torch.bool) for p in clean])
             if gt is not None:
                 sae_gt.update(pts, conf, *gt)
