@@ -26,9 +26,13 @@ BENCH = {"bench.bench_pipeline": ["--checkpoint=random-tiny", "--pairs=2", "--bu
                                   "--decoder_hook=dec_blocks*.1"],
          "bench/bench_dust3r.py": ["--arch", "224_linear", "--mode", "encoder", "--iters", "1", "--device", "cpu"],
          "bench/bench_data.py": ["--datasets", "builtin", "--resolution", "224", "--pairs", "2", "--rounds", "1",
-                                 "--batch", "2"]}
+                                 "--batch", "2"],
+         "bench/bench_forward.py": ["--size", "224", "--batch", "1", "--iters", "0"],
+         "bench.bench_analysis": ["--checkpoint=random-tiny", "--hooks=enc_norm,dec_blocks*.1", "--rounds", "1"]}
 NOT_RUN = {"pip install": "installs the requirements; .ci/run does it",
-           "python -m pytest": "the test suite itself; .ci/run runs it"}
+           "python -m pytest": "the test suite itself; .ci/run runs it",
+           "git clone": "downloads naver's official code (network)",
+           "bash bench/gpu_check.sh": "the GPU check script, for a GPU machine (tests/test_gpu_check.py runs its parts)"}
 
 
 def readme_commands():
@@ -50,6 +54,8 @@ def plan(cmd):
         if cmd.startswith(prefix):
             return None, reason
     argv = shlex.split(cmd)
+    if "--official" in argv:
+        return None, "compares with naver's official code checked out next to the repo (git clone, not run here)"
     if ("--device=cuda" in argv or "cuda" in argv) and not torch.cuda.is_available():
         return None, "needs a GPU (runs where one is present)"
     if argv[0] == "torchrun":  # any number of processes on the CI's CPU: 2, gloo
