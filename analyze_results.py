@@ -1,8 +1,14 @@
 """Analyse trained SAE runs on held-out DUSt3R pairs: per-latent pictures, multi-view metrics, HTML.
 
+usage: python analyze_results.py RUN_FOLDER [RUN_FOLDER ...] [--key=value ...] [overrides.yaml]
+       python analyze_results.py --mode=probe --checkpoint=... [--key=value ...]   (no run folder; below)
+  RUN_FOLDER: a folder written by train_encoder_sae.py / train_decoder_sae.py (results/<run_name>)
+
 For each run folder (written by train_encoder_sae.py / train_decoder_sae.py) this reads the run's
 resolved config.yaml and its SAE, runs DUSt3R + SAE over `n_pairs` held-out pairs of the run's
-dataset as (A, B), and as (B, A) and (A, A) controls, and writes into the run folder:
+dataset as (A, B), and as (B, A) and (A, A) controls, and writes into the run folder (all at once: the
+files are made in <run>/.analysis.tmp/ and moved in together, so an interrupted or refused analysis
+leaves the previous one whole):
   analysis.json        settings, git state, layer summary (counts, fractions, mass-weighted means)
   latent_metrics.json  per-latent columns: frequency, consistency and its nulls, q, asymmetry, controls
   summary.md           the findings in words, with their numbers and sample sizes
@@ -41,7 +47,8 @@ from analysis.report import pct, write_json, write_layer_comparison, write_summa
 from data import collate_pairs, make_dataset, patch_correspondences, predicted_correspondences
 from models.loading import load_dust3r
 from models.sae import SAE
-from training.config import apply_overrides, constants
+from training.checkpoint import RESUMABLE_CHANGES, read_state
+from training.config import UserError, apply_overrides, constants, require, require_positive
 from training.ddp import pick_device
 from training.hooks import view_sources
 from training.run import git_state
@@ -84,17 +91,35 @@ DEFAULTS = constants(globals())  # the block above, in order; main() applies the
 
 # ------------------------------------------------------------------------------------------------ input
 def read_run(run_dir, device):
-    """The training run's resolved config and its SAE; clear errors when the folder is not a run."""
+    """The training run's resolved config and its SAE; clear errors when the folder is not a run, and a refusal
+    when the SAE's own saved config, the trainer checkpoint's config and config.yaml disagree (the SAE would be
+    analysed under the wrong hook or name)."""
     path = os.path.join(run_dir, "config.yaml")
     if not os.path.exists(path) or not os.path.exists(os.path.join(run_dir, "sae.safetensors")):
-        raise FileNotFoundError(f"{run_dir}: expected a training run folder with config.yaml and "
-                                "sae.safetensors + sae_config.json (train_*_sae.py writes them)")
-    with open(path) as f:
-        cfg = yaml.safe_load(f)
-    missing = [k for k in ("hook", "checkpoint", "dataset", "resolution") if k not in cfg]
+        raise UserError(f"{run_dir}: expected a training run folder with config.yaml and "
+                        "sae.safetensors + sae_config.json (train_*_sae.py writes them)")
+    try:
+        with open(path) as f:
+            cfg = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    missing = [k for k in ("hook", "checkpoint", "dataset", "resolution") if k not in (cfg or {})]
     if missing:
-        raise KeyError(f"{path}: missing keys {missing}")
-    return cfg, SAE.load(run_dir, device=device).eval()
+        raise UserError(f"{path}: missing keys {missing} (a config.yaml written by train_*_sae.py has them all)")
+    sae = SAE.load(run_dir, device=device).eval()
+    saved = dict(sae_kind=sae.cfg.kind, k=sae.cfg.k, expansion=sae.cfg.n_latents / sae.cfg.d_in)
+    bad = [f"{key}: {cfg[key]!r} in config.yaml vs {v!r} in sae_config.json" for key, v in saved.items()
+           if key in cfg and cfg[key] != v]
+    state = os.path.join(run_dir, "checkpoint", "state.json")
+    if os.path.exists(state):  # the config the SAE was trained with
+        trained = read_state(state)["config"]
+        bad += [f"{key}: {cfg.get(key)!r} in config.yaml vs {trained.get(key)!r} in checkpoint/state.json"
+                for key in sorted(set(cfg) | set(trained))
+                if key not in RESUMABLE_CHANGES and cfg.get(key) != trained.get(key)]
+    if bad:
+        raise UserError(f"{run_dir}: refused: config.yaml does not describe this run's SAE ({'; '.join(bad)}); "
+                        f"nothing was written. Restore the run's config.yaml, or retrain")
+    return cfg, sae
 
 
 @torch.no_grad()
@@ -326,6 +351,44 @@ def write_cards(run_dir, pa, *, data, corrs, table, full, settings, rng):
     return cards
 
 
+# ------------------------------------------------------------------------------------------------ publishing
+STAGING, OLD, DONE = ".analysis.tmp", ".analysis.old", ".complete"  # in the run folder; DONE marks a whole staging
+
+
+def publish(run_dir):
+    """Move the staged outputs into the run folder together. The previous outputs of the same names go to OLD
+    first and are deleted last; DONE in the staging folder says it is whole, so recover() can finish a publish
+    that a kill interrupted (or undo a half-moved one)."""
+    staging, old = os.path.join(run_dir, STAGING), os.path.join(run_dir, OLD)
+    open(os.path.join(staging, DONE), "w").close()
+    os.makedirs(old, exist_ok=True)
+    for name in sorted(os.listdir(staging)):
+        if name != DONE and os.path.lexists(os.path.join(run_dir, name)):
+            os.replace(os.path.join(run_dir, name), os.path.join(old, name))
+    for name in sorted(os.listdir(staging)):
+        if name != DONE:
+            os.replace(os.path.join(staging, name), os.path.join(run_dir, name))
+    shutil.rmtree(old)
+    shutil.rmtree(staging)
+
+
+def recover(run_dir):
+    """Finish or undo a publish cut short: a whole staging folder is published; otherwise the moved-away
+    previous outputs go back and the partial staging is dropped."""
+    staging, old = os.path.join(run_dir, STAGING), os.path.join(run_dir, OLD)
+    if os.path.exists(os.path.join(staging, DONE)):
+        publish(run_dir)
+        return
+    if os.path.isdir(old):
+        for name in os.listdir(old):
+            target = os.path.join(run_dir, name)
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target)
+            os.replace(os.path.join(old, name), target)
+        shutil.rmtree(old)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
 def causal_cards(cards, run_dir, pa, *, model, sae, ds, data, sources, settings, device):
     """Each pictured latent edited on its top pair (analysis/causal.py): latents/<k>/causal.png and the numbers
     on its card; returns the numbers per latent (analysis.json, summary.md)."""
@@ -373,6 +436,7 @@ def analyse_run(run_dir, settings, *, rng):
     """One training run folder -> its analysis files (module docstring); returns its layer-comparison row.
     rng picks the random share of the pictured latents (one generator for all runs of an invocation)."""
     t0, device = time.time(), pick_device(settings.device)
+    recover(run_dir)  # a previous analysis cut short mid-publish
     cfg, sae = read_run(run_dir, device)
     run, hook = os.path.basename(os.path.normpath(run_dir)), cfg["hook"]
     print(f"== {run}: hook {hook}, SAE {sae.cfg.kind} S={sae.cfg.n_latents} k={sae.cfg.k}, {device}")
@@ -393,28 +457,33 @@ def analyse_run(run_dir, settings, *, rng):
         table.update(attr)
         full.update(attr, **null)
 
-    figs = write_figures(run_dir, f"{run} ({hook})", cons=m.cons, asym=m.asym, stats=m.stats)
+    out = os.path.join(run_dir, STAGING)  # everything is written here first, then published at once
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    figs = write_figures(out, f"{run} ({hook})", cons=m.cons, asym=m.asym, stats=m.stats)
     if attr is not None:
-        figs.append(("3D attributes of the latents against their null",
-                     os.path.join(run_dir, "figures", "attributes.png")))
+        figs.append(("3D attributes of the latents against their null", os.path.join(out, "figures", "attributes.png")))
         figures.attributes_figure(attr, null, info["attributes"], figs[-1][1], f"{run} ({hook})")
-    cards = write_cards(run_dir, pa["ab"], data=data, corrs=sets[primary], table=table, full=full, settings=settings,
+    cards = write_cards(out, pa["ab"], data=data, corrs=sets[primary], table=table, full=full, settings=settings,
                         rng=rng)
     if settings.causal3d and cards:
-        info["causal"] = causal_cards(cards, run_dir, pa["ab"], model=model, sae=sae, ds=ds, data=data,
+        info["causal"] = causal_cards(cards, out, pa["ab"], model=model, sae=sae, ds=ds, data=data,
                                       sources=view_sources(hook), settings=settings, device=device)
-    write_json(full, os.path.join(run_dir, "latent_metrics.json"))
+    write_json(full, os.path.join(out, "latent_metrics.json"))
     commit, dirty = git_state(os.path.dirname(os.path.abspath(__file__)))
     write_json(dict(run=run, hook=hook, git_commit=commit, git_dirty=dirty, config=vars(settings), summary=summ,
-                    info=info, seconds=time.time() - t0), os.path.join(run_dir, "analysis.json"))
-    write_summary(os.path.join(run_dir, "summary.md"), run, cfg=cfg, s=summ, info=info, settings=settings,
+                    info=info, seconds=time.time() - t0), os.path.join(out, "analysis.json"))
+    write_summary(os.path.join(out, "summary.md"), run, cfg=cfg, s=summ, info=info, settings=settings,
                   consistency_lines=instrument.summary_lines(m.res[primary], summ["n_alive"], m.ctrl))
-    with open(os.path.join(run_dir, "summary.md"), "a") as f:  # the 3D sections (analysis/attributes.py, causal.py)
+    with open(os.path.join(out, "summary.md"), "a") as f:  # the 3D sections (analysis/attributes.py, causal.py)
         f.writelines(line + "\n" for line in attributes.summary_lines(info.get("attributes"), full)
                      + causal.summary_lines(info.get("causal"), settings.causal_scale))
-    browser.write_browser(os.path.join(run_dir, "index.html"), f"{run}: SAE latents at {hook}",
+    with open(os.path.join(out, "summary.md"), encoding="utf-8") as f:
+        findings = f.read().splitlines()
+    browser.write_browser(os.path.join(out, "index.html"), f"{run}: SAE latents at {hook}",
                           info=dict(hook=hook, pairs=n, correspondences=info["correspondence"], **summ),
-                          table=table, cards=cards, figures=figs, embed=settings.embed_images)
+                          table=table, cards=cards, figures=figs, embed=settings.embed_images, findings=findings)
+    publish(run_dir)
     print(f"   effect {instrument.fmt_effect(m.res[primary]['effect'])}; {pct(summ['n_consistent'], summ['n_alive'])} "
           f"alive latents consistent; mass-weighted |VA| {summ['mass_weighted_abs_va']:.3f}; "
           f"wrote {run_dir}/index.html, summary.md ({time.time() - t0:.0f} s)")
@@ -423,14 +492,19 @@ def analyse_run(run_dir, settings, *, rng):
 
 
 def main(argv):
-    run_dirs = [a for a in argv if not a.startswith("--") and not a.endswith((".yaml", ".yml"))]
+    run_dirs = [a for a in argv if not a.startswith("-") and not a.endswith((".yaml", ".yml"))]
     settings = SimpleNamespace(**apply_overrides(DEFAULTS, [a for a in argv if a not in run_dirs], doc=__doc__))
+    require_positive(vars(settings), "n_pairs", "batch_size", "n_perm", "min_support")
+    require(settings.n_cards >= 0 and settings.n_ply >= 0, "n_cards/n_ply", (settings.n_cards, settings.n_ply),
+            "values >= 0")
+    pick_device(settings.device)  # a missing GPU stops here, before any model is loaded
     if settings.mode == "probe":
         return probe_mode(settings)
-    if settings.mode != "latents":
-        raise ValueError(f"mode={settings.mode!r}: expected 'latents' or 'probe'")
-    if not run_dirs:
-        sys.exit(__doc__)
+    require(settings.mode == "latents", "mode", settings.mode, "'latents' or 'probe'")
+    require(len(run_dirs) > 0, "RUN_FOLDER", None, "at least one training run folder, e.g. "
+            "python analyze_results.py results/<run_name>", "--help describes the arguments")
+    for run_dir in run_dirs:  # every folder is checked before any is analysed: a refusal changes nothing
+        read_run(run_dir, "cpu")
     rng = np.random.default_rng(settings.seed)
     rows = [analyse_run(run_dir, settings, rng=rng) for run_dir in run_dirs]
     if len(rows) > 1:

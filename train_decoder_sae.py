@@ -35,12 +35,12 @@ from models.loading import load_dust3r
 from models.sae import SAE, SAEConfig
 from training.cache import cache_identity
 from training.checkpoint import Checkpoints
-from training.config import apply_overrides, constants
+from training.config import apply_overrides, constants, require, require_positive
 from training.curves import plot_curves
 from training.ddp import cleanup_ddp
 from training.evaluate import EvalSet, evaluate, log_eval
 from training.hooks import check_hook, hook_sources, hook_width, pooled_branches
-from training.run import GracefulStop, TrainProgress, log_data_summary, start_run
+from training.run import GracefulStop, TrainProgress, log_data_summary, seed_everything, start_run
 from training.step import lr_at, sae_step
 from training.stream import token_stream
 
@@ -54,7 +54,7 @@ hook = "dec_blocks*.5"       # 'dec_blocks.<i>' | 'dec_blocks2.<i>' (0..11) | 'd
                              # block 5: the decoder's middle, where cross-attention matches patches (Reloc3r #8);
                              # also 'pixels' / 'patch_embed' (the appearance anchor, same recipe as the decoder SAE)
 # SAE (defaults: README "Defaults and why")
-sae_kind = "topk"            # 'topk' (+ AuxK) | 'batchtopk' | 'relu' (ReLU + L1); TopK: saev, sparsify, openai
+sae_kind = "topk"            # 'topk' (+ AuxK) | 'batchtopk' | 'matryoshka' (BatchTopK, nested prefixes) | 'relu' (+ L1)
 expansion = 16               # latents = expansion * d (16 x 768 = 12288: saev's 16x; BatchTopK ref 12288 for 768)
 k = 32                       # active latents per token (topk, batchtopk): openai, sparsify, saev, BatchTopK
 aux_k = 512                  # AuxK: dead latents used to model the residual (Gao et al.)
@@ -72,7 +72,7 @@ train_tokens = 100_000_000   # patch tokens to train on (saev: 100M; about 255k 
 batch_size = 16384           # tokens per optimizer step, summed over ranks (saev)
 buffer_pairs = 512           # pairs whose tokens are shuffled together (1024 images, 200k tokens, 300 MB fp16)
 dust3r_batch = 16            # pairs per DUSt3R forward; must divide buffer_pairs / world size
-num_workers = 4              # data-loading processes
+num_workers = min(4, os.cpu_count() or 1)  # data-loading processes, at most one per CPU (DataLoader warns above)
 # evaluation, checkpoints, output
 eval_every = 250             # steps between held-out evaluations (4M tokens; saev, SAELens: 1-5M) and one at the end
 eval_pairs = 64              # held-out pairs (the dataset's 'val' split); FVU, L0 also per branch when pooled
@@ -89,6 +89,12 @@ seed = 0                     # SAE init and token shuffling (the dataset itself 
 # -----------------------------------------------------------------------------------------------------
 config = apply_overrides(constants(globals()), sys.argv[1:], doc=__doc__)
 globals().update(config)
+# values that cannot work stop here, before any model is loaded or any file is written
+require_positive(config, "train_tokens", "batch_size", "expansion", "k", "buffer_pairs", "dust3r_batch", "eval_pairs",
+                 "eval_every", "log_every", "ckpt_every", "init_tokens", "lr")
+require(train_tokens >= batch_size, "train_tokens", train_tokens, f">= batch_size ({batch_size}), one optimizer step",
+        "raise --train_tokens or lower --batch_size")
+require(num_workers >= 0 and max_steps >= 0, "num_workers/max_steps", (num_workers, max_steps), "values >= 0")
 
 # derived values: the hook's branch(es), the run name, the schedule
 sources = hook_sources(hook, ("pixels", "patch_embed", "dec_blocks.", "dec_blocks2.", "dec_blocks*."))  # [(hook, view)]
@@ -98,8 +104,8 @@ total_steps = train_tokens // batch_size
 warmup = min(warmup_steps, total_steps // 10)  # at most 10% of the run
 dead_window = min(dead_tokens, max(batch_size, train_tokens // 20))  # at most 5% of the run
 run, rank, world, dev = start_run(os.path.join(out_dir, run_name), config, device, seed, __file__)
-if buffer_pairs // world % dust3r_batch:
-    raise ValueError(f"dust3r_batch={dust3r_batch} must divide buffer_pairs/world = {buffer_pairs // world}")
+require(buffer_pairs % world == 0 and buffer_pairs // world % dust3r_batch == 0, "dust3r_batch", dust3r_batch,
+        f"a divisor of buffer_pairs / world size = {buffer_pairs} / {world}", "change --dust3r_batch or --buffer_pairs")
 
 # data: the frozen DUSt3R, held-out pairs, the stream of the branch tokens (from DUSt3R or the cache)
 # frozen, the training variant (landscape tensors of portrait views); decoder hooks need its encoder too
@@ -121,12 +127,14 @@ stream = token_stream(model, train_ds, sources=sources, device=dev, tokens_per_p
                       train_tokens=train_tokens, log=run.log)  # pooled: both branches shuffled together
 
 # model: the SAE and its optimizer; resume from checkpoint/ when there is one, else initialise from the first buffer
+seed_everything(seed)  # the SAE's init depends on seed alone, not on whether a cache was just written
 sae = SAE(SAEConfig(d_in=d_in, n_latents=expansion * d_in, kind=sae_kind, k=k, aux_k=aux_k, aux_coeff=aux_coeff,
                     dead_tokens=dead_window, l1_coeff=l1_coeff, l1_warmup_steps=max(1, total_steps // 20))).to(dev)
 optimizer = torch.optim.Adam(sae.parameters(), lr=lr)  # pooled: one SAE and optimizer for both branches
 ckpt = Checkpoints(run, sae, optimizer=optimizer, config=config, batch_size=batch_size,
                    tokens_per_pair=tokens_per_pair)
 step = ckpt.resume_or_init(dev, init_sample=lambda: stream.init_sample(init_tokens))  # pooled: mixes both branches
+run.begin(step)  # the run is valid: only now config.yaml, log.txt and metrics.jsonl are written (rank 0)
 run.log(f"SAE {sae_kind} {d_in} -> {sae.cfg.n_latents} (k={k}); {total_steps} steps of {batch_size} tokens; "
         f"{tokens_per_pair} tokens per pair; world size {world}")
 

@@ -29,12 +29,12 @@ from models.loading import load_dust3r
 from models.sae import SAE, SAEConfig
 from training.cache import cache_identity
 from training.checkpoint import Checkpoints
-from training.config import apply_overrides, constants
+from training.config import apply_overrides, constants, require, require_positive
 from training.curves import plot_curves
 from training.ddp import cleanup_ddp
 from training.evaluate import EvalSet, evaluate, log_eval
 from training.hooks import check_hook, hook_sources, hook_width
-from training.run import GracefulStop, TrainProgress, log_data_summary, start_run
+from training.run import GracefulStop, TrainProgress, log_data_summary, seed_everything, start_run
 from training.step import lr_at, sae_step
 from training.stream import token_stream
 
@@ -47,7 +47,7 @@ resolution = 224             # 224 -> 224x224, the 224_linear checkpoint's train
 hook = "enc_norm"            # 'enc_blocks.<i>' (0..23) | 'enc_norm' (what the decoder reads; the origin project's tap)
                              # | 'pixels' (raw normalised 16x16x3 patches: the appearance anchor) | 'patch_embed'
 # SAE (defaults: README "Defaults and why")
-sae_kind = "topk"            # 'topk' (+ AuxK) | 'batchtopk' | 'relu' (ReLU + L1); TopK: saev, sparsify, openai
+sae_kind = "topk"            # 'topk' (+ AuxK) | 'batchtopk' | 'matryoshka' (BatchTopK, nested prefixes) | 'relu' (+ L1)
 expansion = 16               # latents = expansion * d (16 x 1024 = 16384: saev's ViT-L sweeps)
 k = 32                       # active latents per token (topk, batchtopk): openai, sparsify, saev, BatchTopK
 aux_k = 512                  # AuxK: dead latents used to model the residual (Gao et al.)
@@ -65,7 +65,7 @@ train_tokens = 100_000_000   # patch tokens to train on (saev: 100M; about 255k 
 batch_size = 16384           # tokens per optimizer step, summed over ranks (saev)
 buffer_pairs = 512           # pairs whose tokens are shuffled together (1024 images, 200k tokens, 400 MB fp16)
 dust3r_batch = 16            # pairs per DUSt3R forward; must divide buffer_pairs / world size
-num_workers = 4              # data-loading processes
+num_workers = min(4, os.cpu_count() or 1)  # data-loading processes, at most one per CPU (DataLoader warns above)
 # evaluation, checkpoints, output
 eval_every = 250             # steps between held-out evaluations (4M tokens; saev, SAELens: 1-5M) and one at the end
 eval_pairs = 64              # held-out pairs (the dataset's 'val' split)
@@ -82,6 +82,12 @@ seed = 0                     # SAE init and token shuffling (the dataset itself 
 # -----------------------------------------------------------------------------------------------------
 config = apply_overrides(constants(globals()), sys.argv[1:], doc=__doc__)
 globals().update(config)
+# values that cannot work stop here, before any model is loaded or any file is written
+require_positive(config, "train_tokens", "batch_size", "expansion", "k", "buffer_pairs", "dust3r_batch", "eval_pairs",
+                 "eval_every", "log_every", "ckpt_every", "init_tokens", "lr")
+require(train_tokens >= batch_size, "train_tokens", train_tokens, f">= batch_size ({batch_size}), one optimizer step",
+        "raise --train_tokens or lower --batch_size")
+require(num_workers >= 0 and max_steps >= 0, "num_workers/max_steps", (num_workers, max_steps), "values >= 0")
 
 # derived values
 total_steps = train_tokens // batch_size
@@ -90,8 +96,8 @@ dead_window = min(dead_tokens, max(batch_size, train_tokens // 20))  # at most 5
 sources = hook_sources(hook, ("pixels", "patch_embed", "enc_blocks.", "enc_norm"))  # [(hook point, view)]: both views
 run_name = run_name or f"enc-{hook}-{sae_kind}-k{k}-x{expansion}-{dataset}-s{seed}"
 run, rank, world, dev = start_run(os.path.join(out_dir, run_name), config, device, seed, __file__)
-if buffer_pairs // world % dust3r_batch:
-    raise ValueError(f"dust3r_batch={dust3r_batch} must divide buffer_pairs/world = {buffer_pairs // world}")
+require(buffer_pairs % world == 0 and buffer_pairs // world % dust3r_batch == 0, "dust3r_batch", dust3r_batch,
+        f"a divisor of buffer_pairs / world size = {buffer_pairs} / {world}", "change --dust3r_batch or --buffer_pairs")
 
 # data: the frozen DUSt3R, held-out pairs, the training-token stream (from DUSt3R or the cache)
 model = load_dust3r(checkpoint, dev, landscape_only=True, seed=seed, log=run.log)  # frozen, training variant
@@ -112,12 +118,14 @@ stream = token_stream(model, train_ds, sources=sources, device=dev, tokens_per_p
                       train_tokens=train_tokens, log=run.log)
 
 # model: the SAE and its optimizer; resume from checkpoint/ when there is one, else initialise from the first buffer
+seed_everything(seed)  # the SAE's init depends on seed alone, not on whether a cache was just written
 sae = SAE(SAEConfig(d_in=d_in, n_latents=expansion * d_in, kind=sae_kind, k=k, aux_k=aux_k, aux_coeff=aux_coeff,
                     dead_tokens=dead_window, l1_coeff=l1_coeff, l1_warmup_steps=max(1, total_steps // 20))).to(dev)
 optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
 ckpt = Checkpoints(run, sae, optimizer=optimizer, config=config, batch_size=batch_size,
                    tokens_per_pair=tokens_per_pair)
 step = ckpt.resume_or_init(dev, init_sample=lambda: stream.init_sample(init_tokens))
+run.begin(step)  # the run is valid: only now config.yaml, log.txt and metrics.jsonl are written (rank 0)
 run.log(f"SAE {sae_kind} {d_in} -> {sae.cfg.n_latents} (k={k}); {total_steps} steps of {batch_size} tokens; "
         f"{tokens_per_pair} tokens per pair; world size {world}")
 

@@ -24,7 +24,8 @@ CMAP = "inferno"  # colour map of activation overlays (perceptually uniform, dar
 ALPHA_MAX = 0.85  # overlay opacity at the latent's vmax; 0 activation leaves the photo visible
 GAP = 4  # pixels between panels
 CAPTION_H = 16  # pixels of the caption band under / over each row
-BAR_W = 44  # pixels of the colour-bar column (bar + tick labels)
+BAR_W = 58  # pixels of the colour-bar column (bar, tick labels and the rotated label "activation")
+BAR_LABEL = "latent activation"  # what the colour bar measures (the SAE latent's value at each patch)
 UNMATCHED_GREY = 96  # grey level of view-1 patches with no view-2 match in the warped panel
 FIG_SIZE = (10.0, 4.0)  # inches of the matplotlib summary figures
 FIG_DPI = 100  # -> summary PNGs are 1000 x 400 px
@@ -56,8 +57,9 @@ def overlay(rgb, act, vmax, cmap=CMAP):
     return (rgb * (1 - a) + col * a).round().astype(np.uint8)
 
 
-def _colorbar(height, vmax, cmap=CMAP):
-    """Vertical colour bar image (height, BAR_W, 3) with 0 and vmax labels."""
+def _colorbar(height, vmax, cmap=CMAP, label=BAR_LABEL):
+    """Vertical colour bar image (height, BAR_W, 3): the ramp, 0 and vmax at its ends, and `label` written
+    upwards beside it (shortened to fit a short bar)."""
     bar = Image.new("RGB", (BAR_W, height), "white")
     ramp = np.linspace(1, 0, max(height - 2 * CAPTION_H, 2))[:, None].repeat(10, 1)
     col = (matplotlib.colormaps[cmap](ramp)[..., :3] * 255).astype(np.uint8)
@@ -65,6 +67,14 @@ def _colorbar(height, vmax, cmap=CMAP):
     d = ImageDraw.Draw(bar)
     d.text((2, 1), f"{vmax:.3g}", fill="black", font=_FONT)
     d.text((2, height - CAPTION_H + 1), "0", fill="black", font=_FONT)
+    room = height - 2 * CAPTION_H
+    for text in (label, label.split()[-1], "act."):  # the longest that fits along the bar
+        if d.textlength(text, font=_FONT) <= room:
+            band = Image.new("RGB", (int(d.textlength(text, font=_FONT)) + 2, CAPTION_H - 2), "white")
+            ImageDraw.Draw(band).text((1, 0), text, fill="black", font=_FONT)
+            band = band.rotate(90, expand=True)  # reads bottom to top, as matplotlib's colour-bar labels
+            bar.paste(band, (16, CAPTION_H + (room - band.height) // 2))
+            break
     return np.asarray(bar)
 
 
@@ -114,13 +124,16 @@ def latent_heatmap(rgb1, rgb2, *, act1, act2, vmax, corr=None, title=""):
 
 
 def example_grid(examples, vmax, title=""):
-    """Rows of (view 1 overlay | view 2 overlay) with a caption each; examples: list of dicts with
-    rgb1, rgb2, act1, act2, caption. Returns uint8 (CAPTION_H + sum(CAPTION_H + H), 2W + GAP + ..)."""
+    """A "view 1 | view 2" header, then rows of (view 1 overlay | view 2 overlay) with a caption each;
+    examples: list of dicts with rgb1, rgb2, act1, act2, caption.
+    Returns uint8 (2 CAPTION_H + sum(CAPTION_H + H), 2W + GAP + ..)."""
     rows = []
     for ex in examples:
         pair = _hcat([overlay(ex["rgb1"], ex["act1"], vmax), overlay(ex["rgb2"], ex["act2"], vmax)])
         rows += [_caption(pair.shape[1], ex["caption"]), pair]
-    body = _hcat([_vcat(rows), _colorbar(sum(r.shape[0] for r in rows), vmax)])
+    w1 = examples[0]["rgb1"].shape[1] if examples else 0
+    head = _hcat([_caption(w1, "view 1"), _caption(max(r.shape[1] for r in rows) - w1 - GAP, "view 2")])
+    body = _hcat([_vcat([head] + rows), _colorbar(CAPTION_H + sum(r.shape[0] for r in rows), vmax)])
     return _vcat([_caption(body.shape[1], title), body])
 
 
@@ -149,6 +162,7 @@ def consistency_figure(cons, asym, path, title=""):
     """Left: weighted Jaccard vs the strongest null per tested latent (significant in red).
     Right: histogram of view asymmetry VA over alive latents."""
     fig, ax = plt.subplots(1, 2, figsize=FIG_SIZE, dpi=FIG_DPI)
+    alive = np.isfinite(asym["va"])  # latents that fired (multiview.layer_summary's n_alive)
     if cons is not None:
         t, s = cons["tested"], cons["consistent"]
         ax[0].scatter(cons["null_max"][t & ~s], cons["jaccard"][t & ~s], s=4, c="grey", label="not consistent")
@@ -157,14 +171,18 @@ def consistency_figure(cons, asym, path, title=""):
         ax[0].plot([0, 1], [0, 1], "k--", lw=0.8)
         ax[0].legend(fontsize=8, loc="upper left")
         ax[0].set(xlabel="strongest null C (" + " / ".join(cons["nulls"]) + ")", ylabel="weighted Jaccard C",
-                  xlim=(0, 1), ylim=(0, 1), title=f"{t.sum()} tested latents, {cons['n_pairs']} pairs")
-    alive = np.isfinite(asym["va"])
+                  xlim=(0, 1), ylim=(0, 1))
+        # the summary's denominators: consistent of alive; tested = alive with enough matched support
+        ax[0].set_title(f"{s.sum()} of {alive.sum()} alive latents consistent ({t.sum()} tested), "
+                        f"{cons['n_pairs']} pairs", fontsize=9)
     ax[1].hist(asym["va"][alive], bins=np.linspace(-1, 1, 41), color="tab:purple")
-    ax[1].set(xlabel="view asymmetry VA = (M1 - M2) / (M1 + M2)", ylabel="latents")
+    ax[1].set(xlabel="view asymmetry VA = (M1 - M2) / (M1 + M2)", ylabel="latents",
+              title=f"{alive.sum()} alive latents")
     fig.suptitle(title, fontsize=10)
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.14, top=0.86, wspace=0.25)
     fig.savefig(path)
     plt.close(fig)
+    return [a.get_title() for a in ax]  # the panels' titles: their counts are the summary's
 
 
 def layer_figure(rows, path):

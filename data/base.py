@@ -11,7 +11,9 @@ are bit-identical (tests/test_data_golden.py, tests/test_data_readers.py).
 
 Bad input: a subclass raises `UnreadableFile` for a file it cannot decode. The pair is skipped with
 a warning, marked in a shared bitmap (visible across DataLoader workers) and replaced by the next
-readable pair; once more than `max_bad_fraction` of all pairs are bad, loading fails.
+readable pair. Loading fails once more than `max_bad_fraction` of the dataset is bad, counted the way
+a user counts it: in unreadable *files* (images) over all files where the dataset indexes its files
+(`n_files`; the folder dataset, where one broken photo spoils up to 2 * window pairs), else in pairs.
 """
 import warnings
 
@@ -21,22 +23,31 @@ import torch
 from data.views import parse_resolution, transpose_to_landscape
 
 
+MAX_LISTED = 100  # skipped pairs listed by name in summary() (and so in log.txt)
+
+
 class UnreadableFile(OSError):
-    """A dataset file that exists in the index but cannot be read or decoded."""
+    """A dataset file that exists in the index but cannot be read or decoded; file_id: its index among the
+    dataset's `n_files` files, when it has one."""
+
+    def __init__(self, msg, file_id=None):
+        super().__init__(msg)
+        self.file_id = file_id
 
 
-def read_or_raise(fn, path, what):
+def read_or_raise(fn, path, what, file_id=None):
     """fn(path) with any decode error turned into UnreadableFile naming the file and what it is."""
     try:
         return fn(path)
     except Exception as err:  # decoders raise many types (OSError, ValueError, BadZipFile, ...)
-        raise UnreadableFile(f"cannot read {what} {path}: {err}") from err
+        raise UnreadableFile(f"cannot read {what} {path}: {err}", file_id) from err
 
 
 class PairDataset(torch.utils.data.Dataset):
     """Base of all pair datasets; see the module docstring."""
 
     name = "pairs"
+    n_files = 0  # > 0: the dataset indexes its files and the bad-fraction rule counts files (UnreadableFile.file_id)
 
     def __init__(self, resolution=224, seed=0, aug_crop=0, max_bad_fraction=0.05, *, geometry=True):
         self.resolutions = parse_resolution(resolution)
@@ -47,6 +58,7 @@ class PairDataset(torch.utils.data.Dataset):
         self.aug_crop = int(aug_crop)
         self.max_bad_fraction = float(max_bad_fraction)
         self._bad = None  # shared bool bitmap, created lazily once len() is known
+        self._bad_files = None  # the same over files, when n_files > 0
         self.bad_reasons = {}  # pair idx -> message (this process only)
 
     def __len__(self):
@@ -55,6 +67,7 @@ class PairDataset(torch.utils.data.Dataset):
     def _bad_mask(self):
         if self._bad is None:
             self._bad = torch.zeros(len(self), dtype=torch.bool).share_memory_()
+            self._bad_files = torch.zeros(self.n_files, dtype=torch.bool).share_memory_()
         return self._bad
 
     def bad_mask(self):
@@ -66,11 +79,20 @@ class PairDataset(torch.utils.data.Dataset):
         """Number of pairs skipped so far because a file was unreadable (all workers)."""
         return int(self._bad_mask().sum())
 
+    def describe_pair(self, idx):
+        """The files of pair idx, for the summary of skipped pairs (subclasses name them)."""
+        return f"pair {idx}"
+
     def summary(self):
+        """Counts, and every skipped pair (up to MAX_LISTED) by its files: read from the shared bitmap, so pairs
+        skipped in DataLoader workers are listed too; the reason where this process saw it."""
         n_bad = self.bad_items
+        bad = [int(j) for j in torch.nonzero(self._bad_mask()).ravel()]
+        skipped = [self.bad_reasons.get(j, f"pair {j}: {self.describe_pair(j)}") for j in bad[:MAX_LISTED]]
+        files = dict(files=self.n_files, bad_files=int(self._bad_files.sum())) if self.n_files else {}
         return dict(dataset=self.name, pairs=len(self), geometry=self.geometry, bad_items=n_bad,
-                    bad_fraction=n_bad / max(len(self), 1), max_bad_fraction=self.max_bad_fraction,
-                    examples=list(self.bad_reasons.values())[:5])
+                    bad_fraction=n_bad / max(len(self), 1), **files, max_bad_fraction=self.max_bad_fraction,
+                    examples=skipped[:5], skipped=skipped)
 
     def __getitem__(self, index):
         idx, ar_idx = (index if isinstance(index, (tuple, list)) else (index, 0))
@@ -88,9 +110,14 @@ class PairDataset(torch.utils.data.Dataset):
                 bad[j] = True
                 self.bad_reasons[j] = str(err)
                 warnings.warn(f"{self.name}: skipping pair {j}: {err}")
-                if int(bad.sum()) > self.max_bad_fraction * len(self):
-                    raise RuntimeError(f"{self.name}: {int(bad.sum())} of {len(self)} pairs have unreadable files, "
-                                       f"more than max_bad_fraction={self.max_bad_fraction}; last: {err}") from err
+                if self.n_files and err.file_id is not None:
+                    self._bad_files[err.file_id] = True
+                n, total, what = ((int(self._bad_files.sum()), self.n_files, "files are unreadable") if self.n_files
+                                  else (int(bad.sum()), len(self), "pairs have unreadable files"))
+                if n > self.max_bad_fraction * total:
+                    raise RuntimeError(f"{self.name}: {n} of {total} {what}, more than max_bad_fraction="
+                                       f"{self.max_bad_fraction}; last: {err}. Fix or remove the files, or raise "
+                                       f"max_bad_fraction") from err
         raise RuntimeError(f"{self.name}: no readable pair left")
 
     def _item(self, idx, ar_idx):

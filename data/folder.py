@@ -46,12 +46,16 @@ class ImageFolderPairs(PairDataset):
             self.pairs += [(off + i, off + j) for i in range(n) for j in range(i + 1, min(i + span, n - 1) + 1)]
         if not self.pairs:
             raise ValueError(f"{self.root}: need at least 2 images per folder to form pairs, found {len(self.images)}")
+        self.n_files = len(self.images)  # the bad-fraction rule counts unreadable images, not pairs
         self._bad_mask()
+
+    def describe_pair(self, idx):
+        return " & ".join(os.path.relpath(self.images[i], self.root) for i in self.pairs[idx])
 
     def _get_views(self, idx, resolution, rng):
         views = []
         for i in self.pairs[idx]:
-            image = read_or_raise(open_rgb, self.images[i], "image")
+            image = read_or_raise(open_rgb, self.images[i], "image", file_id=i)
             W, H = image.size
             K = np.float32([[max(W, H), 0, W / 2], [0, max(W, H), H / 2], [0, 0, 1]])  # nominal: centre crop
             image, _, _ = crop_resize(image, None, K, resolution, rng)

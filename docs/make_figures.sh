@@ -18,4 +18,7 @@ for f in heatmap examples pointcloud; do cp "results/demo-enc/latents/$k/$f.png"
 cp results/demo-enc/figures/histograms.png results/demo-enc/figures/consistency_gt.png docs/figures/
 cp results/demo-enc/curves.png docs/figures/training_curves.png
 cp results/demo-layers/layers.png docs/figures/layers.png
+# the browser as a reader sees it: the top of results/demo-enc/index.html in headless Chromium (Debian: chromium)
+chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1100,1500 \
+    --screenshot="$PWD/docs/figures/browser.png" "file://$PWD/results/demo-enc/index.html"
 echo "docs/figures/ rebuilt from latent $k of results/demo-enc"

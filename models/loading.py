@@ -20,6 +20,7 @@ import ast
 import json
 import math
 import os
+import pickle
 import re
 import zipfile
 
@@ -148,8 +149,17 @@ def _read_pth(path):
     try:  # weights_only: tensors, containers and the allow-listed Namespace, nothing else is unpickled
         with torch.serialization.safe_globals([argparse.Namespace]):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's own message suggests retrying with weights_only=False, which would run the payload: not passed on
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        raise ValueError(f"{path}: refused: the file contains executable Python objects "
+                         f"({'pickle global ' + found.group(1) if found else 'pickle globals'} beyond tensors and "
+                         f"argparse.Namespace), which an official DUSt3R checkpoint never holds; unpickling them "
+                         f"could run arbitrary code, so nothing in it was loaded. Use an official file "
+                         f"(https://download.europe.naverlabs.com/ComputerVision/DUSt3R/) or a Hugging Face "
+                         f"folder (config.json + model.safetensors)") from None
     except Exception as e:  # noqa: BLE001 - re-raised with the file named
-        raise ValueError(f"{path}: cannot read the checkpoint ({type(e).__name__}: {e}). A truncated download? "
+        raise ValueError(f"{path}: cannot read the checkpoint ({type(e).__name__}). A truncated download? "
                          f"Compare its size/sha256 with the official file.") from e
     if not (isinstance(ckpt, dict) and "model" in ckpt and hasattr(ckpt.get("args"), "model")):
         keys = list(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__

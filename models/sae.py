@@ -2,13 +2,17 @@
 
 Legend: B tokens in a batch, D activation width (d_in), S latents (n_latents), K active latents/token.
 
-One class, three kinds (no class hierarchy: each kind's inference code is one function in CODES, its
+One class, four kinds (no class hierarchy: each kind's inference code is one function in CODES, its
 training path one branch of `forward`):
-  topk       TopK + AuxK dead-latent loss (Gao et al. 2024, "Scaling and evaluating sparse autoencoders")
-  batchtopk  top B*K activations over the whole batch (Bussmann et al. 2024); an EMA threshold
-             (SAELens, lr 0.01) replaces the batch top-k at inference, i.e. a JumpReLU
-  relu       ReLU + L1 weighted by decoder row norms, L1 warmed up linearly (Anthropic April-2024 update)
-Recipe (the consensus of openai/sparse_autoencoder, sparsify, saev, SAELens, dictionary_learning): b_dec subtracted before the encoder, tied init W_enc = W_dec^T,
+  topk        TopK + AuxK dead-latent loss (Gao et al. 2024, "Scaling and evaluating sparse autoencoders")
+  batchtopk   top B*K activations over the whole batch (Bussmann et al. 2024); an EMA threshold
+              (SAELens, lr 0.01) replaces the batch top-k at inference, i.e. a JumpReLU
+  matryoshka  BatchTopK whose nested prefixes W_dec[:m] (m in matryoshka_widths) must each reconstruct the
+              input on their own (Bussmann et al. 2025, "Learning multi-level features with Matryoshka
+              SAEs"): early latents learn coarse features, later ones refine them, against feature absorption
+  relu        ReLU + L1 weighted by decoder row norms, L1 warmed up linearly (Anthropic April-2024 update)
+Recipe (the consensus of openai/sparse_autoencoder, sparsify, saev, SAELens, dictionary_learning): b_dec
+subtracted before the encoder, tied init W_enc = W_dec^T / sqrt(3) (ENC_INIT_NORM, sparsify's scale),
 b_dec at the geometric median of a sample (openai), unit-norm decoder rows with the gradient parallel
 to them removed (openai, sparsify, saev), inputs mean-centred and scaled so E||x|| = sqrt(D)
 (SAELens, saev v0.1), folded into the weights by `save` so a saved SAE acts on raw activations.
@@ -16,13 +20,14 @@ to them removed (openai, sparsify, saev), inputs mean-centred and scaled so E||x
 import dataclasses
 import json
 import math
+import os
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from einops import einsum
+from einops import einsum, rearrange
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -34,7 +39,8 @@ def _codes_topk(sae, pre):
 
 
 def _codes_batchtopk(sae, pre):
-    """pre (B, S) -> JumpReLU at the EMA threshold learnt in training (replaces the batch top-k)."""
+    """pre (B, S) -> JumpReLU at the EMA threshold learnt in training (replaces the batch top-k);
+    Matryoshka uses it too."""
     return pre.relu() * (pre > sae.threshold)
 
 
@@ -43,34 +49,51 @@ def _codes_relu(sae, pre):
 
 
 # SAE kind -> its inference code function (pre-activations (B, S) -> codes (B, S), normalised units)
-CODES = {"topk": _codes_topk, "batchtopk": _codes_batchtopk, "relu": _codes_relu}
+CODES = {"topk": _codes_topk, "batchtopk": _codes_batchtopk, "matryoshka": _codes_batchtopk, "relu": _codes_relu}
 KINDS = tuple(CODES)
+# Encoder columns start as the decoder rows times this norm. Adam moves every weight by about lr per step
+# whatever its scale, so the encoder's relative step is ~ lr * sqrt(D) / ||w_enc||: unit-norm columns made
+# our encoder learn 1.7x slower than sparsify's (nn.Linear init, ||w|| ~ 1/sqrt(3)) at the same lr, the
+# whole of the gap on the planted-dictionary benchmark (README, SAEs, "Recovery vs sparsify").
+ENC_INIT_NORM = 1 / math.sqrt(3)
 
 
 @dataclasses.dataclass
 class SAEConfig:
     d_in: int                       # D, activation width (1024 DUSt3R encoder, 768 decoder)
     n_latents: int                  # S, dictionary size (16x d_in by default in the scripts)
-    kind: str = "topk"              # 'topk' | 'batchtopk' | 'relu' (ReLU + L1)
-    k: int = 32                     # active latents per token (topk: exactly; batchtopk: on average)
+    kind: str = "topk"              # 'topk' | 'batchtopk' | 'matryoshka' | 'relu' (ReLU + L1)
+    k: int = 32                     # active latents per token (topk: exactly; (matryoshka) batchtopk: on average)
     aux_k: int = 512                # AuxK: dead latents used to model the residual (saev, BatchTopK ref)
     aux_coeff: float = 1 / 32       # AuxK weight (Gao et al.; openai, dictionary_learning, saev)
     dead_tokens: int = 10_000_000   # dead = no firing in this many tokens (openai, sparsify, saev)
     l1_coeff: float = 5e-3          # relu only; = SAELens' 5 with summed MSE at D=1024; tune for L0
     l1_warmup_steps: int = 1000     # relu only; linear L1 warm-up (dictionary_learning 2000, saev 500)
-    threshold_lr: float = 0.01      # batchtopk: EMA rate of the inference threshold (SAELens)
+    threshold_lr: float = 0.01      # batchtopk, matryoshka: EMA rate of the inference threshold (SAELens)
+    matryoshka_widths: tuple = ()   # matryoshka: increasing prefix sizes ending at n_latents; () = S/16, S/8, .., S
+                                    # (doubling, as SAELens' examples; dictionary_learning uses fixed fractions)
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"SAEConfig.kind must be one of {KINDS}, got {self.kind!r}")
         if not (0 < self.k <= self.n_latents and self.d_in > 0 and self.aux_k > 0 and self.dead_tokens > 0):
             raise ValueError(f"SAEConfig: need 0 < k <= n_latents, d_in, aux_k, dead_tokens > 0: {self}")
+        if self.kind == "matryoshka":
+            S = self.n_latents
+            w = tuple(int(m) for m in self.matryoshka_widths) or tuple(
+                sorted({max(1, S >> i) for i in range(5)}))               # S/16, S/8, S/4, S/2, S
+            if any(b <= a for a, b in zip(w, w[1:])) or w[0] < 1 or w[-1] != S:
+                raise ValueError(f"SAEConfig.matryoshka_widths must increase strictly from >= 1 to n_latents={S}, "
+                                 f"got {list(self.matryoshka_widths)}")
+            self.matryoshka_widths = w
+        elif self.matryoshka_widths:
+            raise ValueError(f"SAEConfig.matryoshka_widths is for kind 'matryoshka', not {self.kind!r}")
 
 
 class SAEOutput(NamedTuple):
     recon: torch.Tensor      # (B, D) reconstruction in raw activation space
     latents: torch.Tensor    # (B, S) dense latent activations in raw units, detached
-    loss: torch.Tensor       # scalar to backprop: recon_mse + aux_coeff*aux_loss + l1 weight*l1
+    loss: torch.Tensor       # scalar to backprop: recon_mse (matryoshka: mean prefix MSE) + aux + l1 terms
     recon_mse: torch.Tensor  # mean squared error per element, normalised space
     aux_loss: torch.Tensor   # AuxK normalised MSE of the residual (0 when no latent is dead)
     l1: torch.Tensor         # mean over tokens of sum_i f_i ||W_dec,i||, normalised space (relu)
@@ -114,6 +137,19 @@ class _TopKEncode(torch.autograd.Function):
         return grad_x, grad_W.t().contiguous(), grad_b, None
 
 
+def save_atomic(path, write):
+    """write(tmp_path), then give the file the usual mode (0644 under umask 022; safetensors writes 0600) and
+    rename it over `path`: an interrupted save leaves the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+    return path
+
+
 class SAE(nn.Module):
     """Sparse autoencoder; parameters live in normalised space, inputs and outputs are raw.
 
@@ -131,6 +167,8 @@ class SAE(nn.Module):
                     e^ = relu(topk_{aux_k}(pre over dead latents)) W_dec   (no b_dec: sparsify PR #134)
         l1        = mean_B sum_S f_i ||W_dec,i||
         loss      = recon_mse + aux_coeff aux_loss + l1_coeff min(1, step / l1_warmup_steps) l1
+    Matryoshka replaces recon_mse in the loss by the mean over its G prefixes m of
+        mean_{B,D} (f[:, :m] W_dec[:m] + b_dec - x_n)^2     (recon_mse stays the full dictionary's)
     """
 
     def __init__(self, cfg: SAEConfig):
@@ -140,7 +178,7 @@ class SAE(nn.Module):
         W_dec = torch.empty(S, D)
         nn.init.kaiming_uniform_(W_dec, a=math.sqrt(5))
         self.W_dec = nn.Parameter(W_dec / W_dec.norm(dim=1, keepdim=True))
-        self.W_enc = nn.Parameter(self.W_dec.detach().t().clone())     # tied init (Gao et al. 2024)
+        self.W_enc = nn.Parameter(self.W_dec.detach().t() * ENC_INIT_NORM)   # tied init (Gao et al. 2024), shrunk
         self.b_enc = nn.Parameter(torch.zeros(S))
         self.b_dec = nn.Parameter(torch.zeros(D))
         self.register_buffer("norm_mean", torch.zeros(D))
@@ -171,7 +209,7 @@ class SAE(nn.Module):
         self.norm_mean.copy_(mu)
         self.norm_scale.copy_(s)
         self.b_dec.copy_(med)
-        self.W_enc.copy_(self.W_dec.t())
+        self.W_enc.copy_(self.W_dec.t() * ENC_INIT_NORM)
 
     @torch.no_grad()
     def normalize_decoder(self):
@@ -193,7 +231,7 @@ class SAE(nn.Module):
 
         Under torch.distributed this is a collective (every rank must call it each step): firing and
         token counts are summed over ranks so all ranks share one dead mask."""
-        stats = torch.cat([(latents != 0).any(0).long(), latents.new_full((1,), latents.shape[0]).long()])
+        stats = torch.cat([latents.any(0).long(), latents.new_full((1,), latents.shape[0]).long()])
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(stats)
         self.tokens_since_fired += stats[-1]
@@ -227,6 +265,16 @@ class SAE(nn.Module):
         return F.embedding_bag(idx, self.W_dec, offsets, per_sample_weights=vals.to(self.W_dec.dtype),
                                mode="sum")
 
+    def _prefix_decode_sparse(self, lat, rows, vals, B):
+        """Entries (latent, token, value) sorted by (token, latent) -> (B, G, D) decodes of the G nested
+        prefixes W_dec[:m] (no b_dec): one bag per (token, group), then running sums over the groups."""
+        widths = torch.tensor(self.cfg.matryoshka_widths, device=lat.device)
+        G = len(widths)
+        bag = rows * G + torch.bucketize(lat, widths, right=True)   # non-decreasing: groups are contiguous
+        offsets = F.pad(torch.bincount(bag, minlength=B * G).cumsum(0)[:-1], (1, 0))
+        parts = self._bag(lat, vals, offsets)                       # (B*G, D), empty bags are 0
+        return rearrange(parts, "(b g) d -> b g d", g=G).cumsum(1)
+
     def forward(self, x: torch.Tensor) -> SAEOutput:
         """x (B, D) raw activations -> SAEOutput (losses in normalised space)."""
         cfg, (B, D), S = self.cfg, x.shape, self.cfg.n_latents
@@ -239,13 +287,17 @@ class SAE(nn.Module):
             x_hat_n = self._bag(idx, vals) + self.b_dec
             z = vals.new_zeros(B, S).scatter_(1, idx, vals.detach() / self.norm_scale)       # (B, S)
             n_active = (vals != 0).sum()
-        elif cfg.kind == "batchtopk" and train:
+        elif cfg.kind in ("batchtopk", "matryoshka") and train:
             pre = torch.addmm(self.b_enc, x_in, self.W_enc).relu()                # (B, S)
             vals, flat = pre.flatten().topk(B * cfg.k, sorted=False)             # (B*K,)
-            flat, order = flat.sort()
+            flat, order = flat.sort()                                            # by (token, latent)
             vals, rows = vals[order], flat // S
-            offsets = F.pad(torch.bincount(rows, minlength=B).cumsum(0)[:-1], (1, 0))
-            x_hat_n = self._bag(flat % S, vals, offsets) + self.b_dec
+            if cfg.kind == "batchtopk":
+                offsets = F.pad(torch.bincount(rows, minlength=B).cumsum(0)[:-1], (1, 0))
+                x_hat_n = self._bag(flat % S, vals, offsets) + self.b_dec
+            else:
+                prefixes = self._prefix_decode_sparse(flat % S, rows, vals, B)      # (B, G, D)
+                x_hat_n = prefixes[:, -1] + self.b_dec
             z = vals.new_zeros(B * S).scatter_(0, flat, vals.detach() / self.norm_scale)
             z, n_active = z.view(B, S), (vals != 0).sum()
             with torch.no_grad():   # EMA of the smallest kept activation -> inference threshold
@@ -255,13 +307,23 @@ class SAE(nn.Module):
                 self.threshold.copy_(torch.where(self.n_steps == 0, m, ema))
         else:
             f = self._dense_codes(torch.addmm(self.b_enc, x_in, self.W_enc))    # (B, S)
-            x_hat_n = f @ self.W_dec + self.b_dec
+            if cfg.kind == "matryoshka":   # one matmul per group of latents, then running sums
+                edges = (0,) + cfg.matryoshka_widths
+                prefixes = torch.stack([f[:, a:b] @ self.W_dec[a:b] for a, b in zip(edges, edges[1:])],
+                                       1).cumsum(1)                              # (B, G, D)
+                x_hat_n = prefixes[:, -1] + self.b_dec
+            else:
+                x_hat_n = f @ self.W_dec + self.b_dec
             if cfg.kind == "relu":
                 l1 = (f * self.W_dec.norm(dim=1)).sum(1).mean()
             z, n_active = f.detach() / self.norm_scale, (f != 0).sum()
         x_hat_n = x_hat_n.float()
         resid = x_n - x_hat_n
         recon_mse = resid.pow(2).mean()
+        recon_term = recon_mse
+        if cfg.kind == "matryoshka":   # every prefix reconstructs x on its own; equal weights (Bussmann et al.)
+            target = (x_n - self.b_dec)[:, None]                                  # (B, 1, D)
+            recon_term = (target - prefixes.float()).pow(2).mean((0, 2)).mean()
         dead = self.dead_mask()
         if cfg.kind != "relu" and bool(dead.any()):
             dead_idx = dead.nonzero().squeeze(1)                                 # (S_dead,)
@@ -270,7 +332,7 @@ class SAE(nn.Module):
             e = resid.detach()
             e_hat = self._bag(dead_idx[i], v.relu()).float()                      # no b_dec
             aux = (e_hat - e).pow(2).sum() / (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
-        loss = recon_mse + cfg.aux_coeff * aux
+        loss = recon_term + cfg.aux_coeff * aux
         if cfg.kind == "relu":   # linear warm-up of the L1 weight, as a tensor op (no host sync)
             warm = ((self.n_steps + 1) / max(cfg.l1_warmup_steps, 1)).clamp(max=1.0)
             loss = loss + cfg.l1_coeff * warm * l1
@@ -293,10 +355,10 @@ class SAE(nn.Module):
             t["b_enc"], t["threshold"] = t["b_enc"] / s, t["threshold"] / s
             t["b_dec"] = t["norm_mean"] + t["b_dec"] / s
             t["norm_mean"], t["norm_scale"] = torch.zeros_like(t["norm_mean"]), torch.ones_like(s)
-        save_file(t, str(path / "sae.safetensors"))
         meta = {"format": "dust3r-sae", "version": 1, "normalisation_folded": fold,
                 "config": dataclasses.asdict(self.cfg)}
-        (path / "sae_config.json").write_text(json.dumps(meta, indent=2))
+        save_atomic(path / "sae_config.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
+        save_atomic(path / "sae.safetensors", lambda tmp: save_file(t, str(tmp)))
 
     @classmethod
     def load(cls, path, device="cpu") -> "SAE":

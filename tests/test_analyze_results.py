@@ -40,7 +40,8 @@ def test_train_then_analyze(tmp_path):
     enc, dec, cmp_dir = tmp_path / "enc", tmp_path / "dec", tmp_path / "cmp"
     # the third run is the appearance anchor: the same recipe on raw pixels (both training scripts take it)
     train = [_start(["train_encoder_sae.py", *TINY, "--hook=enc_blocks.1", f"--out_dir={tmp_path}", "--run_name=enc"]),
-             _start(["train_decoder_sae.py", *TINY, "--hook=dec_blocks*.1", f"--out_dir={tmp_path}", "--run_name=dec"]),
+             _start(["train_decoder_sae.py", *TINY, "--hook=dec_blocks*.1", f"--out_dir={tmp_path}", "--run_name=dec",
+                     "--sae_kind=matryoshka"]),   # a Matryoshka SAE through training and analysis
              _start(["train_decoder_sae.py", *TINY, "--hook=pixels", f"--out_dir={tmp_path}", "--run_name=px"])]
     for p in train:  # the tiny runs in parallel
         _wait(p)

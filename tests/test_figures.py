@@ -41,8 +41,12 @@ def test_latent_pictures_have_expected_sizes(tmp_path):
     ex = [dict(rgb1=rgb, rgb2=rgb, act1=a1, act2=a2, caption=f"pair {i}") for i in range(3)]
     grid = figures.example_grid(ex, vmax=1.0, title="top")
     figures.save_png(grid, tmp_path / "grid.png")
-    assert Image.open(tmp_path / "grid.png").size == (
-        2 * W_IMG + 2 * figures.GAP + figures.BAR_W, figures.CAPTION_H + 3 * (figures.CAPTION_H + H_IMG))
+    assert Image.open(tmp_path / "grid.png").size == (  # title, "view 1 | view 2" header, 3 captioned rows
+        2 * W_IMG + 2 * figures.GAP + figures.BAR_W, 2 * figures.CAPTION_H + 3 * (figures.CAPTION_H + H_IMG))
+    head = grid[figures.CAPTION_H:2 * figures.CAPTION_H]  # the header band: text over each view's column
+    assert (head[:, :W_IMG] < 128).any() and (head[:, W_IMG + figures.GAP:2 * W_IMG + figures.GAP] < 128).any()
+    label = heat[2 * figures.CAPTION_H:-figures.CAPTION_H, -figures.BAR_W + 16:]  # beside the ramp: the label
+    assert (label < 128).any()
 
 
 def test_summary_figures(tmp_path):
@@ -52,7 +56,10 @@ def test_summary_figures(tmp_path):
     asym, st = mv.view_asymmetry(pa, n_boot=10), mv.latent_stats(pa)
     size = (int(figures.FIG_SIZE[0] * figures.FIG_DPI), int(figures.FIG_SIZE[1] * figures.FIG_DPI))
     figures.activation_histograms(st["frequency"], st["mean_activation"], tmp_path / "h.png", "t")
-    figures.consistency_figure(cons, asym, tmp_path / "c.png", "t")
+    titles = figures.consistency_figure(cons, asym, tmp_path / "c.png", "t")
+    summ = mv.layer_summary(cons, asym, st)  # the figure counts what the summary counts: consistent of alive
+    assert titles[0].startswith(f"{summ['n_consistent']} of {summ['n_alive']} alive latents consistent "
+                                f"({summ['n_tested']} tested)") and titles[1] == f"{summ['n_alive']} alive latents"
     rows = [dict(hook=h, **mv.layer_summary(cons, asym, st)) for h in ("enc_blocks.5", "enc_blocks.11", "enc_norm")]
     figures.layer_figure(rows, tmp_path / "l.png")
     for f in ("h.png", "c.png", "l.png"):

@@ -26,6 +26,7 @@ def test_data_summary_counts_unreadable_pairs(tmp_path):
         for i in range(len(train)):
             train[i]  # pairs (0, 1) and (1, 2) hold the broken image
     run = Run(str(tmp_path / "run"))
+    run.begin(7)
     log_data_summary(run, 7, 1, torch.device("cpu"), train=train, val=val)
     (rec,) = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert rec == dict(kind="data", step=7, train_pairs=3, train_bad_items=2, val_pairs=3, val_bad_items=0)

@@ -116,15 +116,29 @@ class ActivationCache:
 
     def open(self):
         """Memory-map every complete shard (contiguous from pair 0)."""
-        with open(os.path.join(self.dir, "meta.json")) as f:
-            meta = json.load(f)
-        if meta["identity"] != self.identity:
-            raise ValueError(f"{self.dir}/meta.json: identity {meta['identity']} != expected {self.identity}")
+        path = os.path.join(self.dir, "meta.json")
+        fix = f"delete the folder {self.dir} and rerun: the cache is rewritten from the dataset"
+        try:
+            with open(path) as f:
+                meta = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e}); the cache is damaged: {fix}") from None
+        if meta.get("identity") != self.identity:
+            raise ValueError(f"{path}: identity {meta.get('identity')} != expected {self.identity}: {fix}")
         self.meta, self.tokens_per_pair, self.d = meta, meta["tokens_per_pair"], meta["d"]
         self.branch = torch.tensor(meta["branch"], dtype=torch.uint8)
         spans = self.shards()
         self._lo = np.array([lo for lo, _ in spans])
-        self._maps = [np.load(self.shard_path(lo, hi), mmap_mode="r") for lo, hi in spans]
+        self._maps = []
+        for lo, hi in spans:
+            try:
+                arr = np.load(self.shard_path(lo, hi), mmap_mode="r")
+            except (ValueError, OSError) as e:  # a truncated or overwritten .npy
+                raise ValueError(f"{self.shard_path(lo, hi)}: damaged cache shard ({e}); {fix}") from None
+            if arr.shape != (hi - lo, self.tokens_per_pair, self.d) or arr.dtype != np.float16:
+                raise ValueError(f"{self.shard_path(lo, hi)}: damaged cache shard: {arr.dtype} {arr.shape}, expected "
+                                 f"float16 {(hi - lo, self.tokens_per_pair, self.d)}; {fix}")
+            self._maps.append(arr)
         self.n_pairs = spans[-1][1] if spans else 0
         return self
 

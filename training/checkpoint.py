@@ -10,6 +10,8 @@ import os
 import torch
 from safetensors.torch import load_file, save_file
 
+from models.sae import save_atomic
+from training.config import UserError
 from training.ddp import broadcast_params
 
 
@@ -22,8 +24,7 @@ def save_checkpoint(ckpt_dir, sae, optimizer, state):
             tensors[f"optim.{idx}.{name}"] = torch.as_tensor(v).cpu().contiguous()
     tensors["rng.torch"] = torch.get_rng_state()
     fname = f"state_{state['step']:08d}.safetensors"
-    save_file(tensors, os.path.join(ckpt_dir, fname + ".tmp"))
-    os.replace(os.path.join(ckpt_dir, fname + ".tmp"), os.path.join(ckpt_dir, fname))
+    save_atomic(os.path.join(ckpt_dir, fname), lambda tmp: save_file(tensors, str(tmp)))
     meta = {**state, "tensors": fname, "param_groups": opt["param_groups"]}
     with open(os.path.join(ckpt_dir, "state.json.tmp"), "w") as f:
         json.dump(meta, f, indent=1)
@@ -43,14 +44,29 @@ def check_resume_config(saved, config, path):
                      if k not in RESUMABLE_CHANGES and saved.get(k) != config.get(k))
     if changed:
         diff = ", ".join(f"{k}: {saved.get(k)!r} -> {config.get(k)!r}" for k in changed)
-        raise ValueError(f"{path}: cannot resume with a different config ({diff}); use another run_name")
+        raise UserError(f"{path}: cannot resume with a different config ({diff}); nothing was changed in the run "
+                        f"folder. Rerun with the saved values, or pass --run_name=<new name> for a new run")
+
+
+def read_state(path):
+    """checkpoint/state.json, with a clear error when it is not valid JSON."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e}); the checkpoint is damaged: restore it, or delete the "
+                        f"checkpoint/ folder to start the run again") from None
 
 
 def load_checkpoint(ckpt_dir, sae, optimizer, device):
     """Restore SAE, optimizer and torch RNG in place; return the JSON state (step, data position, ...)."""
-    with open(os.path.join(ckpt_dir, "state.json")) as f:
-        meta = json.load(f)
-    tensors = load_file(os.path.join(ckpt_dir, meta["tensors"]))
+    meta = read_state(os.path.join(ckpt_dir, "state.json"))
+    path = os.path.join(ckpt_dir, meta["tensors"])
+    try:
+        tensors = load_file(path)
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own types for truncated/corrupt files
+        raise UserError(f"{path}: cannot read the checkpoint tensors ({type(e).__name__}: {e}); the file is "
+                        f"damaged: restore it, or delete the checkpoint/ folder to start the run again") from None
     sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
     state = {}
     for key, v in tensors.items():

@@ -7,18 +7,31 @@ import os
 import torch
 import torch.distributed as dist
 
+from training.config import UserError
+
 
 def pick_device(name):
-    """'auto' -> cuda when available, else cpu; any other name as given."""
+    """'auto' -> cuda when torch sees a GPU, else cpu; 'cuda...' without a GPU is a user error (before any model
+    is loaded), as is a name torch does not know."""
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device={name!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:<index>'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={name!r}: no CUDA GPU is visible to torch (torch.cuda.is_available() is False); "
+                        f"use --device=cpu, or --device=auto to take a GPU when there is one")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"device={name!r}: only {torch.cuda.device_count()} GPU(s) visible")
+    return device
 
 
 def setup_ddp(device_name):
     """-> (rank, world_size, device). Initialises the process group when launched by torchrun."""
+    device = pick_device(device_name)  # a user error when 'cuda' is asked for and there is no GPU
     if "RANK" not in os.environ:
-        return 0, 1, pick_device(device_name)
+        return 0, 1, device
     local_rank = int(os.environ["LOCAL_RANK"])
     use_cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
     if use_cuda:

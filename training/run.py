@@ -9,6 +9,7 @@ at the end of every invocation), sae.safetensors + sae_config.json (models/sae.p
 (training/curves.py) and checkpoint/ (training/checkpoint.py).
 """
 import json
+import math
 import os
 import platform
 import random
@@ -22,6 +23,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from training.checkpoint import check_resume_config, read_state
 from training.ddp import any_rank, setup_ddp
 
 
@@ -46,25 +48,54 @@ def describe_device(device):
 
 
 class Run:
-    """The run folder and its log. Only rank 0 writes; other ranks get a Run whose methods do nothing."""
+    """The run folder and its log. Only rank 0 writes; other ranks get a Run whose methods do nothing.
+
+    Nothing is written before `begin()`, which the scripts call once the run is known to be valid (config
+    checked against the checkpoint, model, hook and datasets resolved): until then log lines are only
+    printed and kept, so a refused or failed start leaves an existing run folder exactly as it was and
+    creates no folder at all."""
 
     def __init__(self, run_dir, active=True):
         self.dir, self.active = run_dir, active
-        if active:
-            os.makedirs(run_dir, exist_ok=True)
+        self.started, self._pending, self._header = False, [], None
 
     def log(self, msg):
         if not self.active:
             return
         from tqdm import tqdm
         tqdm.write(msg)  # keeps an active progress bar intact
+        if not self.started:
+            self._pending.append(msg)
+            return
         with open(os.path.join(self.dir, "log.txt"), "a") as f:
             f.write(msg + "\n")
 
-    def header(self, config, device, script_path, world_size=1):
-        """First lines of log.txt (appended again on resume) and the resolved config.yaml."""
+    def begin(self, step):
+        """Create the folder, write config.yaml and the log header (plus the lines logged so far), and cut
+        metrics.jsonl back to the records of steps <= `step` (the checkpoint resumed from; 0 for a fresh start),
+        so a run resumed after a kill has no duplicate rows."""
         if not self.active:
             return
+        os.makedirs(self.dir, exist_ok=True)
+        self.started = True
+        if self._header:
+            self._write_header(*self._header)
+        with open(os.path.join(self.dir, "log.txt"), "a") as f:
+            f.writelines(msg + "\n" for msg in self._pending)
+        self._pending = []
+        path = os.path.join(self.dir, "metrics.jsonl")
+        if os.path.exists(path):
+            with open(path) as f:  # a line cut by a kill -9 is dropped; so are records after the checkpoint
+                lines = [line for line in f if line.endswith("\n") and _step_of(line) <= step]
+            with open(path + ".tmp", "w") as f:
+                f.writelines(lines)
+            os.replace(path + ".tmp", path)
+
+    def header(self, config, device, script_path, world_size=1):
+        """Remember what begin() writes: the first lines of log.txt (appended again on resume) and config.yaml."""
+        self._header = (config, device, script_path, world_size)
+
+    def _write_header(self, config, device, script_path, world_size):
         commit, dirty = git_state(os.path.dirname(os.path.abspath(script_path)))
         import numpy, safetensors
         lines = [f"git commit: {commit}  dirty: {dirty}  ({time.strftime('%Y-%m-%d %H:%M:%S %Z')})",
@@ -73,8 +104,9 @@ class Run:
                  f"device: {describe_device(device)}  world_size: {world_size}  host: {platform.node()}",
                  "command: " + " ".join([os.path.basename(sys.executable)] + sys.argv),
                  "config: " + json.dumps(config)]
-        with open(os.path.join(self.dir, "config.yaml"), "w") as f:
+        with open(os.path.join(self.dir, "config.yaml.tmp"), "w") as f:
             yaml.safe_dump(config, f, sort_keys=False)
+        os.replace(os.path.join(self.dir, "config.yaml.tmp"), os.path.join(self.dir, "config.yaml"))
         with open(script_path) as f:
             source = f.read()
         with open(os.path.join(self.dir, "log.txt"), "a") as f:
@@ -85,13 +117,25 @@ class Run:
     def metrics(self, record):
         """Append one JSON object to metrics.jsonl (floats, ints, lists and strings only)."""
         if self.active:
+            assert self.started, "metrics before Run.begin()"
             with open(os.path.join(self.dir, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
 
 
+def _step_of(line):
+    try:
+        return json.loads(line).get("step", 0)
+    except json.JSONDecodeError:
+        return math.inf  # a garbled line is dropped
+
+
 def start_run(run_dir, config, device_name, seed, script_path):
-    """-> (run, rank, world_size, device): DDP set-up (under torchrun), the run folder (rank 0 writes), the
-    seed, and the log.txt header + config.yaml."""
+    """-> (run, rank, world_size, device): the device (a missing GPU is a user error), DDP set-up (under
+    torchrun), the seed, and a Run that writes nothing until run.begin(). A checkpoint of this run with a
+    different config is refused here, before any model is loaded."""
+    state = os.path.join(run_dir, "checkpoint", "state.json")
+    if os.path.exists(state):
+        check_resume_config(read_state(state)["config"], config, os.path.dirname(state))
     rank, world_size, device = setup_ddp(device_name)
     run = Run(run_dir, active=rank == 0)
     seed_everything(seed)

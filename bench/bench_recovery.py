@@ -1,0 +1,296 @@
+"""Planted-dictionary recovery: our SAEs vs EleutherAI sparsify, trained side by side in one process.
+
+Every config plants a dictionary of unit atoms, draws tokens as sparse non-negative combinations of them
+plus noise, and trains each SAE on the *same* batches with the same width, k, tokens, Adam and schedule
+(the scripts' lr_at: linear warm-up over 10 %, linear decay over the last 20 %). Ours goes through the
+training scripts' own step (`sae_step`, grad clip 1.0 as in the scripts); sparsify's SparseCoder through
+the steps of its Trainer (b_dec = mean of the first batch, unit-norm decoder before each forward, FVU loss,
+parallel gradient removed, no clipping, AuxK off: its defaults). Reported on a held-out set of the same
+distribution: FVU (centred), L0, dead fraction (never fired on it), recovery = mean over true atoms of the
+best cosine to a decoder row, and the share of atoms found at cos > 0.9; tokens/s of training (steps
+interleaved, so load on a shared machine hits both alike). Null: a random decoder's recovery is printed
+per config. Run from the repo root (benchmark-only dependency: pip install -r requirements-bench.txt):
+
+    python -m bench.bench_recovery --quick                          # every config, a quarter of the tokens
+    python -m bench.bench_recovery --lrs 1e-3,3e-3,1e-2 --out results/bench_recovery.json   # the full sweep
+    python -m bench.bench_recovery --throughput                     # one step at d=1024, 16x, k=32, batch 4096
+    python -m bench.bench_recovery --throughput --device cuda --bf16 --steps 20   # GPU: both in bf16 autocast
+
+Configs (`--configs`): tiny (the test suite's seconds-long case), toy (the issue's: d 64, 512 atoms,
+Exp(1)+0.5 magnitudes), mid (d 256), vit (ViT-like: d 1024, anisotropic power-law spectrum, large
+non-zero mean, log-normal heavy-tailed magnitudes, atoms correlated in groups of 8 with pairwise cos
+~0.3, Zipf feature frequencies).
+On CPU sparsify's Triton decoder cannot run; SPARSIFY_DISABLE_TRITON=1 (set here before the import)
+selects its eager embedding_bag decoder.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from models.sae import FVU, SAE, SAEConfig
+from training.step import lr_at, sae_step
+
+CONFIGS = {  # d, planted atoms, SAE width, k, active atoms per token (lo, hi), magnitudes, tokens, batch, ...
+    "tiny": dict(d=32, atoms=128, width=256, k=4, active=(2, 4), mags="exp", noise=0.01, aniso=0.0, offset=0.0,
+                 corr=0.0, zipf=0.0, tokens=100_000, batch=512),   # tests/test_sae_recovery.py's case
+    "toy": dict(d=64, atoms=512, width=1024, k=8, active=(4, 8), mags="exp", noise=0.01, aniso=0.0, offset=0.0,
+                corr=0.0, zipf=0.0, tokens=400_000, batch=2048),
+    "mid": dict(d=256, atoms=1024, width=2048, k=16, active=(8, 16), mags="exp", noise=0.02, aniso=0.0, offset=1.0,
+                corr=0.0, zipf=0.5, tokens=200_000, batch=1024),
+    "vit": dict(d=1024, atoms=1024, width=2048, k=16, active=(8, 16), mags="lognormal", noise=0.05, aniso=1.0,
+                offset=3.0, corr=0.3, zipf=0.7, tokens=100_000, batch=512),
+}
+GRAD_CLIP = 1.0   # what train_encoder_sae.py / train_decoder_sae.py use
+
+
+class Planted:
+    """Tokens x = sum_i c_i a_i + noise + offset over a few active unit atoms a_i (A, D); c_i >= 0.
+
+    aniso: atoms drawn with per-dimension std (j+1)^(-aniso/2) before normalising (a power-law spectrum);
+    corr: atoms in groups of 8 share a parent direction with weight sqrt(corr) (pairwise cos ~ corr);
+    zipf: feature frequencies p_i ~ (rank+1)^-zipf; offset: a fixed mean of norm offset * E||x - mean||."""
+
+    def __init__(self, d, atoms, active, mags, noise, aniso, offset, corr, zipf, seed=0, **_):
+        g = torch.Generator().manual_seed(seed)
+        std = (torch.arange(d) + 1.0).pow(-aniso / 2)
+        a = torch.randn(atoms, d, generator=g)
+        if corr > 0:
+            parents = torch.randn(atoms // 8 + 1, d, generator=g).repeat_interleave(8, 0)[:atoms]
+            a = math.sqrt(corr) * parents + math.sqrt(1 - corr) * a
+        a = a * std
+        self.atoms = a / a.norm(dim=1, keepdim=True)                       # (A, D)
+        p = (torch.arange(atoms) + 1.0).pow(-zipf)
+        self.probs = (p / p.sum())[torch.randperm(atoms, generator=g)]     # (A,)
+        self.active, self.mags, self.noise, self.g = active, mags, noise, g
+        self.offset = torch.zeros(d)
+        if offset > 0:
+            spread = (self.sample(4096) - self.sample(4096).mean(0)).norm(dim=1).mean()
+            direction = torch.randn(d, generator=g)
+            self.offset = offset * spread * direction / direction.norm()
+
+    def sample(self, n):
+        lo, hi = self.active
+        idx = torch.multinomial(self.probs.expand(n, -1), hi, replacement=False, generator=self.g)   # (n, hi)
+        count = torch.randint(lo, hi + 1, (n, 1), generator=self.g)
+        keep = (torch.arange(hi) < count).float()                                                   # (n, hi)
+        if self.mags == "exp":
+            c = torch.empty(n, hi).exponential_(generator=self.g) + 0.5
+        else:   # heavy-tailed: log-normal, sigma 1
+            c = torch.randn(n, hi, generator=self.g).exp()
+        x = F.embedding_bag(idx, self.atoms, per_sample_weights=c * keep, mode="sum")               # (n, D)
+        return x + self.noise * torch.randn(x.shape, generator=self.g) + self.offset
+
+
+def recovery(atoms, rows):
+    """-> (mean best cosine of each true atom to a row, share with best cos > 0.9)."""
+    best = torch.cat([(a @ F.normalize(rows, dim=1).T).max(1).values for a in atoms.split(1024)])
+    return best.mean().item(), (best > 0.9).float().mean().item()
+
+
+class Ours:
+    """Our SAE trained by the scripts' sae_step (same init path as the scripts: init_from_sample).
+
+    spec = kind[:tweak...], the tweaks being the diagnosis's single-factor changes to our recipe:
+    enc=<c> encoder columns of norm c at init (the recipe: models.sae.ENC_INIT_NORM), clip=<v> grad clip, aux=<a>
+    AuxK weight (the recipe: 1/32), auxk=<n> AuxK's k (the recipe: 512), l1=<c> the ReLU kind's L1 weight (to match another kind's L0),
+    nonorm no input normalisation (mu = 0, s = 1), bmean b_dec at the sample mean instead of the median."""
+
+    def __init__(self, spec, c, total_steps, init_x):
+        kind, *tweaks = spec.split(":")
+        self.name, self.clip = spec, GRAD_CLIP
+        self.sae = SAE(SAEConfig(d_in=c["d"], n_latents=c["width"], kind=kind, k=c["k"],
+                                 dead_tokens=min(10_000_000, max(c["batch"], c["tokens"] // 20)),
+                                 l1_warmup_steps=max(1, total_steps // 20)))
+        self.sae.init_from_sample(init_x)
+        with torch.no_grad():
+            for t in tweaks:
+                if t.startswith("enc="):
+                    self.sae.W_enc.copy_(self.sae.W_dec.t() * float(t[4:]))
+                elif t.startswith("clip="):
+                    self.clip = float(t[5:])
+                elif t.startswith("l1="):
+                    self.sae.cfg.l1_coeff = float(t[3:])
+                elif t.startswith("auxk="):
+                    self.sae.cfg.aux_k = int(t[5:])
+                elif t.startswith("aux="):
+                    self.sae.cfg.aux_coeff = float(t[4:])
+                elif t == "nonorm":
+                    self.sae.norm_mean.zero_()
+                    self.sae.norm_scale.fill_(1.0)
+                    self.sae.b_dec.copy_(init_x.mean(0))
+                elif t == "bmean":
+                    self.sae.b_dec.copy_(((init_x - self.sae.norm_mean) * self.sae.norm_scale).mean(0))
+                else:
+                    raise SystemExit(f"--kinds: unknown tweak {t!r} in {spec!r}; expected enc=, clip=, aux=, auxk=, l1=, nonorm, bmean")
+        self.opt = torch.optim.Adam(self.sae.parameters(), lr=1.0)
+
+    def step(self, x, lr):
+        sae_step(self.sae, self.opt, x=x, lr=lr, grad_clip=self.clip, world_size=1)
+
+    @torch.no_grad()
+    def evaluate(self, x):
+        self.sae.eval()
+        out = self.sae(x)
+        self.sae.train()
+        return out.recon, out.latents != 0, self.sae.W_dec
+
+    def bf16_step(self, x, lr):
+        sae_step(self.sae, self.opt, x=x, lr=lr, grad_clip=GRAD_CLIP, world_size=1, bf16=True)
+
+
+class Sparsify:
+    """sparsify's SparseCoder, stepped as its Trainer does (fvu loss, AuxK off by default)."""
+
+    def __init__(self, c, total_steps, init_x):
+        from sparsify import SparseCoder, SparseCoderConfig
+        self.name = "sparsify-topk"
+        self.sae = SparseCoder(c["d"], SparseCoderConfig(num_latents=c["width"], k=c["k"]), device=init_x.device)
+        self.opt = torch.optim.Adam(self.sae.parameters(), lr=1.0)
+        self.first = True
+
+    def step(self, x, lr):
+        if self.first:   # Trainer: b_dec = mean of the first batch
+            self.sae.b_dec.data = x.mean(0)
+            self.first = False
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.sae.set_decoder_norm_to_unit_norm()
+        out = self.sae(x)
+        out.fvu.backward()
+        self.sae.remove_gradient_parallel_to_decoder_directions()
+        self.opt.step()
+        self.opt.zero_grad()
+
+    @torch.no_grad()
+    def evaluate(self, x):
+        self.sae.set_decoder_norm_to_unit_norm()
+        out = self.sae(x)
+        fired = torch.zeros(x.shape[0], self.sae.num_latents, dtype=torch.bool, device=x.device)
+        fired.scatter_(1, out.latent_indices, out.latent_acts > 0)
+        return out.sae_out, fired, self.sae.W_dec
+
+
+def evaluate(model, x_eval, atoms, seconds, tokens):
+    recon, fired, rows = model.evaluate(x_eval)
+    fvu = FVU()
+    fvu.update(x_eval, recon)
+    rec, share = recovery(atoms, rows.float())
+    return dict(model=model.name, fvu=fvu.compute(), l0=fired.sum(1).float().mean().item(),
+                dead_frac=(~fired.any(0)).float().mean().item(), recovery=rec, share_09=share,
+                tokens_per_s=tokens / seconds)
+
+
+def run_config(name, c, lr, kinds, dev, seed):
+    torch.manual_seed(seed)
+    data = Planted(**c, seed=seed)
+    atoms = data.atoms.to(dev)
+    x_eval = data.sample(8192 if c["d"] < 1024 else 4096).to(dev)
+    total = c["tokens"] // c["batch"]
+    init_x = data.sample(32768).to(dev)
+    models = []
+    for kind in kinds:
+        torch.manual_seed(seed)
+        models.append(Sparsify(c, total, init_x) if kind == "sparsify" else
+                      Ours(kind, c, total, init_x))
+    secs = [0.0] * len(models)
+    warm = max(1, total // 10)
+    for step in range(total):
+        x = data.sample(c["batch"]).to(dev)
+        lr_now = lr_at(step, total, lr=lr, warmup_steps=warm, decay_frac=0.2)
+        for i, m in enumerate(models):
+            t0 = time.perf_counter()
+            m.step(x, lr_now)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            secs[i] += time.perf_counter() - t0
+    null, _ = recovery(atoms, torch.randn(c["width"], c["d"], device=dev))
+    rows = []
+    for m, s in zip(models, secs):
+        r = dict(config=name, lr=lr, tokens=total * c["batch"], null_recovery=null,
+                 **evaluate(m, x_eval, atoms, s, total * c["batch"]))
+        rows.append(r)
+        print(f"{name:4s} lr {lr:7.1e} {r['model']:14s} fvu {r['fvu']:.4f} l0 {r['l0']:6.2f} dead {r['dead_frac']:.3f} "
+              f"recovery {r['recovery']:.4f} share>0.9 {r['share_09']:.3f} {r['tokens_per_s']:8.0f} tok/s "
+              f"(null recovery {null:.3f})", flush=True)
+    return rows
+
+
+def throughput(dev, steps, bf16):
+    """One training step at d=1024, 16x, k=32, batch 4096: ours vs sparsify, interleaved, median time."""
+    c = dict(d=1024, width=16384, k=32, batch=4096, tokens=10 ** 9)   # dead window 10M tokens: no AuxK, as sparsify
+    x = torch.randn(4096, 1024, device=dev) * 2 + 0.5
+    models = [Ours("topk", c, 100, x), Sparsify(c, 100, x)]
+    times = [[] for _ in models]
+    for step in range(steps + 1):
+        for i, m in enumerate(models):
+            t0 = time.perf_counter()
+            if isinstance(m, Ours) and bf16:
+                m.bf16_step(x, 2e-4)
+            else:
+                m.step(x, 2e-4)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            if step > 0:   # the first step (allocations, b_dec init) untimed
+                times[i].append(time.perf_counter() - t0)
+    rows = []
+    for m, t in zip(models, times):
+        med = sorted(t)[len(t) // 2]
+        rows.append(dict(model=m.name, d=1024, width=16384, k=32, batch=4096, steps=steps, ms_per_step=1000 * med,
+                         tokens_per_s=4096 / med))
+        print(f"{m.name:14s} {1000 * med:9.1f} ms/step {4096 / med:10.0f} tokens/s (median of {steps})", flush=True)
+    print(f"ours / sparsify tokens/s: {rows[0]['tokens_per_s'] / rows[1]['tokens_per_s']:.2f}")
+    return rows
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--configs", default="tiny,toy,mid,vit", help=f"comma list of {sorted(CONFIGS)}")
+    p.add_argument("--lrs", default="3e-3", help="comma list of peak learning rates (a sweep)")
+    p.add_argument("--kinds", default="topk,batchtopk,matryoshka,sparsify",
+                   help="ours: topk, batchtopk, matryoshka, relu, each optionally with ':'-separated tweaks "
+                   "(class Ours; e.g. topk:enc=1:clip=0); 'sparsify' = its TopK SparseCoder")
+    p.add_argument("--quick", action="store_true", help="a quarter of the tokens")
+    p.add_argument("--throughput", action="store_true", help="only the one-step throughput comparison")
+    p.add_argument("--steps", type=int, default=3, help="--throughput: timed steps per library")
+    p.add_argument("--bf16", action="store_true", help="--throughput on CUDA: our step under bf16 autocast "
+                   "(sparsify autocasts its forward to bf16 on CUDA by itself)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: small ops on a shared machine "
+                   "run faster than with oversubscribed OpenMP threads)")
+    p.add_argument("--out", default="", help="write the rows as JSON here")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    if dev.type == "cpu":   # must precede the first sparsify import
+        os.environ["SPARSIFY_DISABLE_TRITON"] = "1"
+    if args.throughput:
+        rows = throughput(dev, args.steps, args.bf16)
+    else:
+        rows = []
+        for name in args.configs.split(","):
+            if name not in CONFIGS:
+                raise SystemExit(f"--configs: unknown config {name!r}; expected among {sorted(CONFIGS)}")
+            c = dict(CONFIGS[name])
+            if args.quick:
+                c["tokens"] //= 4
+            for lr in [float(v) for v in args.lrs.split(",")]:
+                rows += run_config(name, c, lr, args.kinds.split(","), dev, args.seed)
+    info = dict(command=" ".join(["python -m bench.bench_recovery"] + sys.argv[1:]), torch=torch.__version__,
+                threads=torch.get_num_threads(), cpu_count=os.cpu_count(), loadavg_1min_at_end=os.getloadavg()[0],
+                device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", rows=rows)
+    print(f"1-min load average at end: {info['loadavg_1min_at_end']:.1f} on {os.cpu_count()} cores")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(info, indent=2))
+
+
+if __name__ == "__main__":
+    main()
