@@ -494,7 +494,7 @@ def analyse_run(run_dir, settings, *, rng):
 def main(argv):
     run_dirs = [a for a in argv if not a.startswith("-") and not a.endswith((".yaml", ".yml"))]
     settings = SimpleNamespace(**apply_overrides(DEFAULTS, [a for a in argv if a not in run_dirs], doc=__doc__))
-    require_positive(vars(settings), "n_pairs", "batch_size", "n_perm", "min_support")
+    require_positive(vars(settings), "n_pairs", "batch_size", "n_max", "min_support")
     require(settings.n_cards >= 0 and settings.n_ply >= 0, "n_cards/n_ply", (settings.n_cards, settings.n_ply),
             "values >= 0")
     pick_device(settings.device)  # a missing GPU stops here, before any model is loaded

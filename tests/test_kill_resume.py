@@ -118,7 +118,7 @@ def test_kill9_during_caching_then_rerun_equals_uninterrupted(reference, tmp_pat
 # ------------------------------------------------------------------------------------------------
 # analysis: outputs are staged and published together (analyze_results.publish)
 
-ANALYZE = ["--n_pairs=6", "--n_perm=20", "--min_support=1", "--n_ply=1", "--batch_size=2"]
+ANALYZE = ["--n_pairs=6", "--n_max=20", "--min_support=1", "--n_ply=1", "--batch_size=2"]
 
 
 def analyze(run_dir, *args):

@@ -17,7 +17,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = ["--checkpoint=random-tiny", "--train_tokens=1024", "--batch_size=256", "--buffer_pairs=4", "--dust3r_batch=2",
          "--eval_pairs=2", "--eval_every=2", "--num_workers=0", "--fidelity=False", "--init_tokens=512"]
-ANALYZE = ["--n_pairs=4", "--n_perm=20", "--min_support=1", "--n_cards=2", "--n_ply=1", "--batch_size=4"]
+ANALYZE = ["--n_pairs=4", "--n_max=20", "--min_support=1", "--n_cards=2", "--n_ply=1", "--batch_size=4"]
 # --mode=probe: the tiny model (no download), hooks it has, the built-in scenes (no data download)
 PROBE = ["--checkpoint=random-tiny", "--hooks=enc_norm,dec_blocks*.1", "--dataset=builtin", "--data_root=",
          "--probe_train_pairs=8", "--n_pairs=4", "--batch_size=4"]

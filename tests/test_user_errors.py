@@ -96,7 +96,7 @@ def test_run_files_have_one_mode(done_run):
 # ------------------------------------------------------------------------------------------------
 # analyze_results.py
 
-ANALYZE = ["--n_pairs=4", "--n_perm=20", "--min_support=1", "--n_cards=2", "--n_ply=1", "--batch_size=4"]
+ANALYZE = ["--n_pairs=4", "--n_max=20", "--min_support=1", "--n_cards=2", "--n_ply=1", "--batch_size=4"]
 
 
 def analyze(*args, env=None):
