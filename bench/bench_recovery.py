@@ -48,6 +48,9 @@ CONFIGS = {  # d, planted atoms, SAE width, k, active atoms per token (lo, hi), 
                 offset=3.0, corr=0.3, zipf=0.7, tokens=100_000, batch=512),
 }
 GRAD_CLIP = 1.0   # what train_encoder_sae.py / train_decoder_sae.py use
+THRESHOLD_WINDOW = 0.05   # BatchTopK's inference-threshold EMA spans ~5 % of the steps: the scripts' rate 0.01 spans
+                          # 100 of their ~24k steps, but in a 200-step benchmark it would lag the drifting scores
+                          # (toy, lr 3e-3: inference L0 5.9 instead of 8, FVU 0.214 vs 0.192 at this window)
 
 
 class Planted:
@@ -99,7 +102,7 @@ class Ours:
 
     spec = kind[:tweak...], the tweaks being the diagnosis's single-factor changes to our recipe:
     enc=<c> encoder columns of norm c at init (the recipe: models.sae.ENC_INIT_NORM), clip=<v> grad clip, aux=<a>
-    AuxK weight (the recipe: 1/32), auxk=<n> AuxK's k (the recipe: 512), l1=<c> the ReLU kind's L1 weight (to match another kind's L0),
+    AuxK weight (the recipe: 1/32), auxk=<n> AuxK's k (the recipe: 512), rank=raw|norm BatchTopK's ranking, thr=<r> its threshold's EMA rate, l1=<c> the ReLU kind's L1 weight (to match another kind's L0),
     nonorm no input normalisation (mu = 0, s = 1), bmean b_dec at the sample mean instead of the median."""
 
     def __init__(self, spec, c, total_steps, init_x):
@@ -107,7 +110,8 @@ class Ours:
         self.name, self.clip = spec, GRAD_CLIP
         self.sae = SAE(SAEConfig(d_in=c["d"], n_latents=c["width"], kind=kind, k=c["k"],
                                  dead_tokens=min(10_000_000, max(c["batch"], c["tokens"] // 20)),
-                                 l1_warmup_steps=max(1, total_steps // 20)))
+                                 l1_warmup_steps=max(1, total_steps // 20),
+                                 threshold_lr=max(0.01, 1 / (THRESHOLD_WINDOW * total_steps))))
         self.sae.init_from_sample(init_x)
         with torch.no_grad():
             for t in tweaks:
@@ -117,6 +121,10 @@ class Ours:
                     self.clip = float(t[5:])
                 elif t.startswith("l1="):
                     self.sae.cfg.l1_coeff = float(t[3:])
+                elif t.startswith("thr="):
+                    self.sae.cfg.threshold_lr = float(t[4:])
+                elif t.startswith("rank="):
+                    self.sae.cfg.batch_rank = t[5:]
                 elif t.startswith("auxk="):
                     self.sae.cfg.aux_k = int(t[5:])
                 elif t.startswith("aux="):
@@ -128,7 +136,7 @@ class Ours:
                 elif t == "bmean":
                     self.sae.b_dec.copy_(((init_x - self.sae.norm_mean) * self.sae.norm_scale).mean(0))
                 else:
-                    raise SystemExit(f"--kinds: unknown tweak {t!r} in {spec!r}; expected enc=, clip=, aux=, auxk=, l1=, nonorm, bmean")
+                    raise SystemExit(f"--kinds: unknown tweak {t!r} in {spec!r}; expected enc=, clip=, aux=, auxk=, l1=, rank=, thr=, nonorm, bmean")
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=1.0)
 
     def step(self, x, lr):
@@ -177,6 +185,59 @@ class Sparsify:
         return out.sae_out, fired, self.sae.W_dec
 
 
+def _dictionary_learning_trainers():
+    """dictionary_learning's trainer modules need only torch and einops, but its package __init__ imports
+    nnsight (an LLM-tracing library, not installed: requirements-bench-nodeps.txt is installed with
+    --no-deps). Register the package without running its __init__, then import the trainer modules."""
+    import importlib
+    import importlib.util
+    import types
+    if "dictionary_learning" not in sys.modules:
+        spec = importlib.util.find_spec("dictionary_learning")
+        if spec is None:
+            raise SystemExit("dl-* kinds need dictionary_learning: pip install --no-deps -r requirements-bench-nodeps.txt")
+        pkg = types.ModuleType("dictionary_learning")
+        pkg.__path__ = list(spec.submodule_search_locations)
+        sys.modules["dictionary_learning"] = pkg
+    return (importlib.import_module("dictionary_learning.trainers.batch_top_k"),
+            importlib.import_module("dictionary_learning.trainers.matryoshka_batch_top_k"))
+
+
+class DictionaryLearning:
+    """dictionary_learning's BatchTopK / Matryoshka BatchTopK trainers (the papers' authors' reference code),
+    stepped through their own `update` (geometric-median b_dec, summed-MSE loss, AuxK, grad clip 1) with our
+    learning-rate schedule, dead window, threshold EMA rate and Matryoshka prefixes (S/16, S/8, .., S)."""
+
+    def __init__(self, kind, c, total_steps, init_x):
+        batch_top_k, matryoshka = _dictionary_learning_trainers()
+        self.name = "dl-" + kind
+        common = dict(steps=total_steps, activation_dim=c["d"], dict_size=c["width"], k=c["k"], layer=0, lm_name="-",
+                      warmup_steps=max(1, total_steps // 10), threshold_start_step=0, device=str(init_x.device),
+                      threshold_beta=1 - max(0.01, 1 / (THRESHOLD_WINDOW * total_steps)), lr=1.0)
+        if kind == "batchtopk":
+            self.trainer = batch_top_k.BatchTopKTrainer(**common)
+        elif kind == "matryoshka":
+            self.trainer = matryoshka.MatryoshkaBatchTopKTrainer(group_fractions=[1 / 16, 1 / 16, 1 / 8, 1 / 4, 1 / 2],
+                                                                 **common)
+        else:
+            raise SystemExit(f"--kinds: dictionary_learning kinds are dl-batchtopk and dl-matryoshka, not dl-{kind}")
+        self.trainer.dead_feature_threshold = min(10_000_000, max(c["batch"], c["tokens"] // 20))
+        self.n = 0
+
+    def step(self, x, lr):
+        for group in self.trainer.optimizer.param_groups:   # our schedule; update() then steps theirs, overridden next time
+            group["lr"] = lr
+        self.trainer.update(self.n, x)
+        self.n += 1
+
+    @torch.no_grad()
+    def evaluate(self, x):
+        ae = self.trainer.ae
+        f = ae.encode(x)                                    # their inference: JumpReLU at the learnt threshold
+        rows = ae.W_dec if hasattr(ae, "W_dec") else ae.decoder.weight.T
+        return ae.decode(f), f != 0, rows
+
+
 def evaluate(model, x_eval, atoms, seconds, tokens):
     recon, fired, rows = model.evaluate(x_eval)
     fvu = FVU()
@@ -187,7 +248,50 @@ def evaluate(model, x_eval, atoms, seconds, tokens):
                 tokens_per_s=tokens / seconds)
 
 
+def make_model(kind, c, total, init_x):
+    if kind == "sparsify":
+        return Sparsify(c, total, init_x)
+    if kind.startswith("dl-"):
+        return DictionaryLearning(kind[3:], c, total, init_x)
+    return Ours(kind, c, total, init_x)
+
+
 def run_config(name, c, lr, kinds, dev, seed):
+    """Train every kind in `kinds` on the same batches; 'relu:l0' kinds are matched to L0 = k separately."""
+    matched = [kind for kind in kinds if kind.startswith("relu") and "l0" in kind.split(":")[1:]]
+    together = [kind for kind in kinds if kind not in matched]
+    rows = train(name, c, lr, together, dev, seed) if together else []
+    for kind in matched:
+        rows.append(match_l0(name, c, lr, kind, dev, seed))
+    return rows
+
+
+def match_l0(name, c, lr, spec, dev, seed, tries=7, tol=0.1):
+    """ReLU+L1 at the L0 of the TopK kinds: bisect log(l1 weight) on full runs over the same batches (each
+    try redraws the stream from the seed) until the held-out L0 is within tol of k; report the closest try."""
+    base = ":".join(t for t in spec.split(":") if t != "l0")
+    lo, hi, best = math.log(1e-3), math.log(1.0), None
+    for _ in range(tries):
+        l1 = math.exp((lo + hi) / 2)
+        row = train(name, c, lr, [f"{base}:l1={l1:.4g}"], dev, seed, quiet=True)[0]
+        if best is None or abs(math.log(max(row["l0"], 1e-3) / c["k"])) < abs(math.log(max(best["l0"], 1e-3) / c["k"])):
+            best = dict(row, l1=l1)
+        if abs(row["l0"] / c["k"] - 1) <= tol:
+            break
+        lo, hi = (lo, math.log(l1)) if row["l0"] < c["k"] else (math.log(l1), hi)
+    best["model"] = spec
+    report(best)
+    return best
+
+
+def report(r):
+    extra = f" l1 {r['l1']:.4g}" if "l1" in r else ""
+    print(f"{r['config']:4s} lr {r['lr']:7.1e} seed {r['seed']} {r['model']:16s} fvu {r['fvu']:.4f} l0 {r['l0']:6.2f} "
+          f"dead {r['dead_frac']:.3f} recovery {r['recovery']:.4f} share>0.9 {r['share_09']:.3f} "
+          f"{r['tokens_per_s']:8.0f} tok/s (null recovery {r['null_recovery']:.3f}){extra}", flush=True)
+
+
+def train(name, c, lr, kinds, dev, seed, quiet=False):
     torch.manual_seed(seed)
     data = Planted(**c, seed=seed)
     atoms = data.atoms.to(dev)
@@ -197,8 +301,7 @@ def run_config(name, c, lr, kinds, dev, seed):
     models = []
     for kind in kinds:
         torch.manual_seed(seed)
-        models.append(Sparsify(c, total, init_x) if kind == "sparsify" else
-                      Ours(kind, c, total, init_x))
+        models.append(make_model(kind, c, total, init_x))
     secs = [0.0] * len(models)
     warm = max(1, total // 10)
     for step in range(total):
@@ -213,12 +316,11 @@ def run_config(name, c, lr, kinds, dev, seed):
     null, _ = recovery(atoms, torch.randn(c["width"], c["d"], device=dev))
     rows = []
     for m, s in zip(models, secs):
-        r = dict(config=name, lr=lr, tokens=total * c["batch"], null_recovery=null,
+        r = dict(config=name, lr=lr, seed=seed, tokens=total * c["batch"], null_recovery=null,
                  **evaluate(m, x_eval, atoms, s, total * c["batch"]))
         rows.append(r)
-        print(f"{name:4s} lr {lr:7.1e} {r['model']:14s} fvu {r['fvu']:.4f} l0 {r['l0']:6.2f} dead {r['dead_frac']:.3f} "
-              f"recovery {r['recovery']:.4f} share>0.9 {r['share_09']:.3f} {r['tokens_per_s']:8.0f} tok/s "
-              f"(null recovery {null:.3f})", flush=True)
+        if not quiet:
+            report(r)
     return rows
 
 
@@ -257,12 +359,14 @@ def main():
                    help="ours: topk, batchtopk, matryoshka, relu, each optionally with ':'-separated tweaks "
                    "(class Ours; e.g. topk:enc=1:clip=0); 'sparsify' = its TopK SparseCoder")
     p.add_argument("--quick", action="store_true", help="a quarter of the tokens")
+    p.add_argument("--tokens_mult", type=float, default=1.0, help="scale every config's tokens (10: the long runs "
+                   "ReLU+L1 needs)")
     p.add_argument("--throughput", action="store_true", help="only the one-step throughput comparison")
     p.add_argument("--steps", type=int, default=3, help="--throughput: timed steps per library")
     p.add_argument("--bf16", action="store_true", help="--throughput on CUDA: our step under bf16 autocast "
                    "(sparsify autocasts its forward to bf16 on CUDA by itself)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default="0", help="comma list of seeds (planted dictionary, stream and inits)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: small ops on a shared machine "
                    "run faster than with oversubscribed OpenMP threads)")
     p.add_argument("--out", default="", help="write the rows as JSON here")
@@ -279,10 +383,12 @@ def main():
             if name not in CONFIGS:
                 raise SystemExit(f"--configs: unknown config {name!r}; expected among {sorted(CONFIGS)}")
             c = dict(CONFIGS[name])
+            c["tokens"] = int(c["tokens"] * args.tokens_mult)
             if args.quick:
                 c["tokens"] //= 4
             for lr in [float(v) for v in args.lrs.split(",")]:
-                rows += run_config(name, c, lr, args.kinds.split(","), dev, args.seed)
+                for seed in [int(v) for v in args.seeds.split(",")]:
+                    rows += run_config(name, c, lr, args.kinds.split(","), dev, seed)
     info = dict(command=" ".join(["python -m bench.bench_recovery"] + sys.argv[1:]), torch=torch.__version__,
                 threads=torch.get_num_threads(), cpu_count=os.cpu_count(), loadavg_1min_at_end=os.getloadavg()[0],
                 device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", rows=rows)

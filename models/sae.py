@@ -32,23 +32,32 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 
-def _codes_topk(sae, pre):
+def _codes_topk(sae, pre, x_in):
     """pre (B, S) -> the K largest per token, ReLU'd; the rest 0."""
     vals, idx = pre.topk(sae.cfg.k, dim=1, sorted=False)
     return torch.zeros_like(pre).scatter_(1, idx, vals.relu())
 
 
-def _codes_batchtopk(sae, pre):
+def _codes_batchtopk(sae, pre, x_in):
     """pre (B, S) -> JumpReLU at the EMA threshold learnt in training (replaces the batch top-k);
-    Matryoshka uses it too."""
-    return pre.relu() * (pre > sae.threshold)
+    Matryoshka uses it too. batch_rank 'norm': the threshold scales with each token's norm."""
+    return pre.relu() * (pre > sae.threshold * _rank_scale(sae, x_in))
 
 
-def _codes_relu(sae, pre):
+def _codes_relu(sae, pre, x_in):
     return pre.relu()
 
 
-# SAE kind -> its inference code function (pre-activations (B, S) -> codes (B, S), normalised units)
+def _rank_scale(sae, x_in):
+    """(B, 1) per-token scale that batch top-k ranks pre-activations by: ||x_in|| / sqrt(D) for
+    batch_rank 'norm', 1 for 'raw' (the papers' BatchTopK)."""
+    if sae.cfg.batch_rank == "raw":
+        return x_in.new_ones(())
+    return x_in.norm(dim=1, keepdim=True).clamp_min(1e-6) / math.sqrt(x_in.shape[1])
+
+
+# SAE kind -> its inference code function (pre-activations (B, S), encoder input (B, D) -> codes (B, S),
+# normalised units)
 CODES = {"topk": _codes_topk, "batchtopk": _codes_batchtopk, "matryoshka": _codes_batchtopk, "relu": _codes_relu}
 KINDS = tuple(CODES)
 # Encoder columns start as the decoder rows times this norm. Adam moves every weight by about lr per step
@@ -70,12 +79,17 @@ class SAEConfig:
     l1_coeff: float = 5e-3          # relu only; = SAELens' 5 with summed MSE at D=1024; tune for L0
     l1_warmup_steps: int = 1000     # relu only; linear L1 warm-up (dictionary_learning 2000, saev 500)
     threshold_lr: float = 0.01      # batchtopk, matryoshka: EMA rate of the inference threshold (SAELens)
+    batch_rank: str = "norm"        # batchtopk, matryoshka: rank pre-activations as they are ('raw', the papers)
+                                    # or divided by the token's norm ('norm'; README "Recovery vs sparsify":
+                                    # raw ranking hands high-norm tokens most of the batch's K and learns slowly)
     matryoshka_widths: tuple = ()   # matryoshka: increasing prefix sizes ending at n_latents; () = S/16, S/8, .., S
                                     # (doubling, as SAELens' examples; dictionary_learning uses fixed fractions)
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"SAEConfig.kind must be one of {KINDS}, got {self.kind!r}")
+        if self.batch_rank not in ("norm", "raw"):
+            raise ValueError(f"SAEConfig.batch_rank must be 'norm' or 'raw', got {self.batch_rank!r}")
         if not (0 < self.k <= self.n_latents and self.d_in > 0 and self.aux_k > 0 and self.dead_tokens > 0):
             raise ValueError(f"SAEConfig: need 0 < k <= n_latents, d_in, aux_k, dead_tokens > 0: {self}")
         if self.kind == "matryoshka":
@@ -247,14 +261,14 @@ class SAE(nn.Module):
         x_n = (x.to(self.W_enc.dtype) - self.norm_mean) * self.norm_scale
         return x_n, x_n - self.b_dec
 
-    def _dense_codes(self, pre: torch.Tensor) -> torch.Tensor:
-        """pre (B, S) -> inference codes f (B, S), normalised units."""
-        return CODES[self.cfg.kind](self, pre)
+    def _dense_codes(self, pre: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor:
+        """pre (B, S), x_in (B, D) -> inference codes f (B, S), normalised units."""
+        return CODES[self.cfg.kind](self, pre, x_in)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, D) raw -> z (B, S) dense latents in raw units (BatchTopK uses its threshold)."""
         _, x_in = self._pre(x)
-        return self._dense_codes(torch.addmm(self.b_enc, x_in, self.W_enc)) / self.norm_scale
+        return self._dense_codes(torch.addmm(self.b_enc, x_in, self.W_enc), x_in) / self.norm_scale
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z (B, S) raw-unit latents -> x^ (B, D) raw space."""
@@ -289,9 +303,11 @@ class SAE(nn.Module):
             n_active = (vals != 0).sum()
         elif cfg.kind in ("batchtopk", "matryoshka") and train:
             pre = torch.addmm(self.b_enc, x_in, self.W_enc).relu()                # (B, S)
-            vals, flat = pre.flatten().topk(B * cfg.k, sorted=False)             # (B*K,)
+            score = pre / _rank_scale(self, x_in)                                # (B, S)
+            kept, flat = score.flatten().topk(B * cfg.k, sorted=False)           # (B*K,)
             flat, order = flat.sort()                                            # by (token, latent)
-            vals, rows = vals[order], flat // S
+            kept, rows = kept[order], flat // S
+            vals = pre.flatten()[flat]                                           # (B*K,) with gradient
             if cfg.kind == "batchtopk":
                 offsets = F.pad(torch.bincount(rows, minlength=B).cumsum(0)[:-1], (1, 0))
                 x_hat_n = self._bag(flat % S, vals, offsets) + self.b_dec
@@ -300,13 +316,13 @@ class SAE(nn.Module):
                 x_hat_n = prefixes[:, -1] + self.b_dec
             z = vals.new_zeros(B * S).scatter_(0, flat, vals.detach() / self.norm_scale)
             z, n_active = z.view(B, S), (vals != 0).sum()
-            with torch.no_grad():   # EMA of the smallest kept activation -> inference threshold
-                m = torch.where(vals > 0, vals, torch.inf).min().float()
+            with torch.no_grad():   # EMA of the smallest kept score -> inference threshold
+                m = torch.where(kept > 0, kept, torch.inf).min().float()
                 m = torch.where(torch.isinf(m), self.threshold, m)        # nothing fired: keep it
                 ema = self.threshold + cfg.threshold_lr * (m - self.threshold)
                 self.threshold.copy_(torch.where(self.n_steps == 0, m, ema))
         else:
-            f = self._dense_codes(torch.addmm(self.b_enc, x_in, self.W_enc))    # (B, S)
+            f = self._dense_codes(torch.addmm(self.b_enc, x_in, self.W_enc), x_in)    # (B, S)
             if cfg.kind == "matryoshka":   # one matmul per group of latents, then running sums
                 edges = (0,) + cfg.matryoshka_widths
                 prefixes = torch.stack([f[:, a:b] @ self.W_dec[a:b] for a, b in zip(edges, edges[1:])],
@@ -352,7 +368,9 @@ class SAE(nn.Module):
         t = {k: v.detach().cpu().clone().contiguous() for k, v in self.state_dict().items()}
         if fold:   # see class docstring: z and x^ unchanged, decoder rows stay unit-norm
             s = t["norm_scale"]
-            t["b_enc"], t["threshold"] = t["b_enc"] / s, t["threshold"] / s
+            t["b_enc"] = t["b_enc"] / s
+            if self.cfg.batch_rank == "raw":   # 'norm' compares pre / (||x_in|| / sqrt(D)): free of s
+                t["threshold"] = t["threshold"] / s
             t["b_dec"] = t["norm_mean"] + t["b_dec"] / s
             t["norm_mean"], t["norm_scale"] = torch.zeros_like(t["norm_mean"]), torch.ones_like(s)
         meta = {"format": "dust3r-sae", "version": 1, "normalisation_folded": fold,
@@ -380,8 +398,10 @@ class SAE(nn.Module):
         if unknown:
             raise ValueError(f"{cfg_file}: unknown SAEConfig fields {sorted(unknown)}; "
                              f"expected among {sorted(fields)}")
+        # files from before batch_rank existed were trained, and their threshold set, with raw ranking
+        config = {"batch_rank": "raw", **meta["config"]}
         try:
-            sae = cls(SAEConfig(**meta["config"]))
+            sae = cls(SAEConfig(**config))
         except (TypeError, ValueError) as err:
             raise ValueError(f"{cfg_file}: invalid SAEConfig: {err}") from None
         try:
