@@ -1,18 +1,24 @@
-"""Planted-dictionary recovery: our SAEs vs EleutherAI sparsify, trained side by side in one process.
+"""Planted-dictionary recovery: our SAEs vs EleutherAI sparsify and dictionary_learning, side by side in one process.
 
 Every config plants a dictionary of unit atoms, draws tokens as sparse non-negative combinations of them
 plus noise, and trains each SAE on the *same* batches with the same width, k, tokens, Adam and schedule
 (the scripts' lr_at: linear warm-up over 10 %, linear decay over the last 20 %). Ours goes through the
 training scripts' own step (`sae_step`, grad clip 1.0 as in the scripts); sparsify's SparseCoder through
 the steps of its Trainer (b_dec = mean of the first batch, unit-norm decoder before each forward, FVU loss,
-parallel gradient removed, no clipping, AuxK off: its defaults). Reported on a held-out set of the same
+parallel gradient removed, no clipping, AuxK off: its defaults); dictionary_learning's BatchTopK and Matryoshka
+BatchTopK (the BatchTopK papers' code, `dl-batchtopk`, `dl-matryoshka`) through their trainers' own `update`.
+ReLU+L1 (`relu:l0`) is matched to the L0 of the TopK kinds by bisecting its L1 weight. Reported on a held-out set of the same
 distribution: FVU (centred), L0, dead fraction (never fired on it), recovery = mean over true atoms of the
 best cosine to a decoder row, and the share of atoms found at cos > 0.9; tokens/s of training (steps
 interleaved, so load on a shared machine hits both alike). Null: a random decoder's recovery is printed
-per config. Run from the repo root (benchmark-only dependency: pip install -r requirements-bench.txt):
+per config. Run from the repo root (benchmark-only dependencies: pip install -r requirements-bench.txt, and
+pip install --no-deps -r requirements-bench-nodeps.txt for the dl-* kinds):
 
     python -m bench.bench_recovery --quick                          # every config, a quarter of the tokens
-    python -m bench.bench_recovery --lrs 1e-3,3e-3,1e-2 --out results/bench_recovery.json   # the full sweep
+    python -m bench.bench_recovery --configs tiny,toy --lrs 1e-3,3e-3,1e-2 --seeds 0,1,2 \
+        --kinds topk,batchtopk,batchtopk:rank=raw,dl-batchtopk,matryoshka,dl-matryoshka,sparsify --out small.json
+    python -m bench.bench_recovery --configs tiny,toy --tokens_mult 10 --kinds topk,batchtopk,relu:l0,sparsify
+    python -m bench.bench_recovery --table small.json                 # mean ± sd over seeds, as markdown
     python -m bench.bench_recovery --throughput                     # one step at d=1024, 16x, k=32, batch 4096
     python -m bench.bench_recovery --throughput --device cuda --bf16 --steps 20   # GPU: both in bf16 autocast
 
@@ -351,6 +357,26 @@ def throughput(dev, steps, bf16):
     return rows
 
 
+def table(paths):
+    """Markdown table of --out files' rows: per (config, lr, model), the mean over seeds (± sd when > 1)."""
+    groups = {}
+    for path in paths:
+        for r in json.loads(Path(path).read_text())["rows"]:
+            groups.setdefault((r["config"], r["lr"], r["model"]), []).append(r)
+    keys = ("fvu", "l0", "dead_frac", "recovery", "share_09")
+    print("| config | tokens | lr | model | seeds | FVU | L0 | dead | recovery | share > 0.9 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for (config, lr, model), rows in groups.items():
+        cells = []
+        for key in keys:
+            v = torch.tensor([r[key] for r in rows], dtype=torch.float64)
+            digits = 2 if key == "l0" else 4 if key in ("fvu", "recovery") else 3
+            sd = f" ± {v.std().item():.{digits}f}" if len(v) > 1 else ""
+            cells.append(f"{v.mean().item():.{digits}f}{sd}")
+        l1 = f" (l1 {rows[0]['l1']:.3g})" if len(rows) == 1 and "l1" in rows[0] else ""
+        print(f"| {config} | {rows[0]['tokens'] / 1e3:.0f}k | {lr:.0e} | {model}{l1} | {len(rows)} | " + " | ".join(cells) + " |")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", default="tiny,toy,mid,vit", help=f"comma list of {sorted(CONFIGS)}")
@@ -370,7 +396,11 @@ def main():
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: small ops on a shared machine "
                    "run faster than with oversubscribed OpenMP threads)")
     p.add_argument("--out", default="", help="write the rows as JSON here")
+    p.add_argument("--table", default="", help="comma list of --out files: print their rows as a markdown table "
+                   "(mean ± sd over seeds) and exit")
     args = p.parse_args()
+    if args.table:
+        return table(args.table.split(","))
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     if dev.type == "cpu":   # must precede the first sparsify import

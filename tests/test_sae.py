@@ -111,8 +111,9 @@ def test_bf16_autocast_runs_with_fp32_grads():
     assert out.fvu < 1.5
 
 
-def test_batchtopk_mean_k_in_training_threshold_at_inference():
-    sae, atoms, g = fresh("batchtopk", k=4)
+@pytest.mark.parametrize("rank", ["norm", "raw"])
+def test_batchtopk_mean_k_in_training_threshold_at_inference(rank):
+    sae, atoms, g = fresh("batchtopk", k=4, batch_rank=rank)
     out = train(sae, atoms, g, 200)
     assert out.l0 == 4.0                          # exactly B*K active over the batch ...
     assert (out.latents != 0).sum(1).float().std() > 0   # ... but not K on every token
@@ -121,11 +122,33 @@ def test_batchtopk_mean_k_in_training_threshold_at_inference():
     sae.eval()
     x = sample(atoms, g, 2000)
     z = sae.encode(x)
-    pre = ((x - sae.norm_mean) * sae.norm_scale - sae.b_dec) @ sae.W_enc + sae.b_enc
-    ref = torch.where(pre > theta, pre, torch.zeros_like(pre)) / sae.norm_scale
+    x_in = (x - sae.norm_mean) * sae.norm_scale - sae.b_dec
+    pre = x_in @ sae.W_enc + sae.b_enc
+    scale = x_in.norm(dim=1, keepdim=True) / D ** 0.5 if rank == "norm" else 1.0
+    ref = torch.where(pre > theta * scale, pre, torch.zeros_like(pre)) / sae.norm_scale
     assert torch.allclose(z, ref, atol=1e-5)
     assert 2.0 < l0(z) < 8.0                      # the threshold keeps about K per token
     assert torch.allclose(sae(x).latents, z)     # eval-mode forward uses the threshold too
+
+
+def test_batchtopk_norm_ranking_ignores_token_scale():
+    """A token's share of the batch's B*K latents follows its direction, not its norm, under batch_rank 'norm'
+    (README, "Recovery vs sparsify": raw ranking hands the large tokens most of them and learns slowly)."""
+    fired = {}
+    for rank in ("norm", "raw"):
+        sae, atoms, g = fresh("batchtopk", k=4, batch_rank=rank)
+        with torch.no_grad():
+            sae.b_dec.zero_()                               # x_in = x_n: a token's scale is its x_in's
+        x_n = sample(atoms, g, 512) - 3.0
+        x_n[::2] *= 10.0                                    # every other token 10x larger
+        out = sae((x_n / sae.norm_scale) + sae.norm_mean)   # raw input whose x_n is the above
+        per_token = (out.latents != 0).sum(1).float()
+        fired[rank] = per_token[::2].mean().item(), per_token[1::2].mean().item()
+        assert out.l0 == 4.0                                # B*K in both
+    big, small = fired["raw"]
+    assert small < 0.5 and big > 7.5, fired                 # raw: the large half takes (nearly) all
+    big, small = fired["norm"]
+    assert abs(big - small) < 1.0, fired                    # norm: both halves ~K
 
 
 def test_unit_norm_rows_and_parallel_grad_removed():
@@ -140,9 +163,10 @@ def test_unit_norm_rows_and_parallel_grad_removed():
     assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(128), atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["topk", "batchtopk", "matryoshka", "relu"])
-def test_save_load_identical_on_raw_activations(tmp_path, kind):
-    sae, atoms, g = fresh(kind)
+@pytest.mark.parametrize("kind,kw", [("topk", {}), ("batchtopk", {}), ("batchtopk", {"batch_rank": "raw"}),
+                                     ("matryoshka", {}), ("relu", {})])
+def test_save_load_identical_on_raw_activations(tmp_path, kind, kw):
+    sae, atoms, g = fresh(kind, **kw)
     train(sae, atoms, g, 30)
     sae.eval()
     x = sample(atoms, g, 500) * 7.0 - 2.0          # arbitrary raw scale and offset
@@ -159,6 +183,18 @@ def test_save_load_identical_on_raw_activations(tmp_path, kind):
             assert torch.allclose(m(x).recon, sae(x).recon, atol=1e-4, rtol=1e-5)
             assert torch.allclose(m.encode(x), sae.encode(x), atol=1e-5, rtol=1e-5)
             assert torch.allclose(m.decode(m.encode(x)), sae(x).recon, atol=1e-4, rtol=1e-5)
+
+
+def test_files_without_batch_rank_load_as_raw(tmp_path):
+    """SAEs saved before batch_rank existed learnt their threshold under raw ranking: they keep it."""
+    sae, _, _ = fresh("batchtopk")
+    sae.save(tmp_path)
+    meta = json.loads((tmp_path / "sae_config.json").read_text())
+    del meta["config"]["batch_rank"]
+    (tmp_path / "sae_config.json").write_text(json.dumps(meta))
+    assert SAE.load(tmp_path).cfg.batch_rank == "raw"
+    with pytest.raises(ValueError, match="batch_rank"):
+        SAEConfig(d_in=D, n_latents=128, kind="batchtopk", batch_rank="token")
 
 
 def test_load_validates_config(tmp_path):
