@@ -17,6 +17,11 @@ def pytest_configure(config):
                                        "compile checks (deselect with -m 'not slow')")
 
 
+def pytest_collection_modifyitems(items):
+    """The tests that read the background lane's results (`background`) run last, so that the rest overlaps it."""
+    items.sort(key=lambda item: item.name == getattr(getattr(item, "module", None), "BACKGROUND_TEST", None))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def background(request, tmp_path_factory):
     """{module name: Future} of the long single-process end-to-end checks, started at session start one after
