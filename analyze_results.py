@@ -18,8 +18,8 @@ leaves the previous one whole):
 Given several runs, it also writes a layer comparison to `compare_dir` (layers.png/.md/.json).
 Metrics and controls: analysis/multiview.py, analysis/instrument.py (consistency against an appearance-matched
 null and four others, calibrated p-values, effects with CIs, strata, control codes), 3D attributes:
-analysis/attributes.py, causal effects: analysis/causal.py; how to read everything: README.md, sections Analysing
-a trained SAE and Where 3D emerges.
+analysis/attributes.py, causal effects: analysis/causal.py, the pictures in latents/: analysis/cards.py; how to read
+everything: README.md, sections Analysing a trained SAE and Where 3D emerges.
 
     python analyze_results.py results/<run> [results/<run2> ...] [--n_pairs=128] [overrides.yaml]
 
@@ -42,6 +42,7 @@ import torch
 import yaml
 
 from analysis import attributes, browser, causal, figures, instrument, multiview as mv, ply, probes
+from analysis.cards import pair_peaks, write_cards
 from analysis.pairings import pairing_tokens
 from analysis.report import pct, write_json, write_layer_comparison, write_summary
 from data import collate_pairs, make_dataset, patch_correspondences, predicted_correspondences
@@ -265,63 +266,6 @@ def run_info(pa, data, sets, m, *, primary, sae, settings):
     return info
 
 
-def pick_cards(table, n, rng):
-    """Latents to visualise, interleaved: strongest gains, most asymmetric (labelled first), most
-    frequent, random alive ones."""
-    alive = np.nonzero(table["frequency"] > 0)[0]
-
-    def by(v):
-        return [int(i) for i in alive[np.argsort(-np.nan_to_num(v[alive], nan=-np.inf), kind="stable")]]
-
-    labelled = np.isin(table["label"], ["view-1", "view-2", "branch-1", "branch-2"])
-    lists = [by(table["gain"]), by(np.abs(table["va"]) + 2 * labelled), by(table["frequency"]),
-             [int(i) for i in rng.permutation(alive)]]
-    picks = []
-    for i in range(len(alive)):
-        for lst in lists:
-            if len(picks) < n and lst[i] not in picks:
-                picks.append(lst[i])
-    return picks
-
-
-def pair_peaks(pa, k):
-    """(P,) latent k's peak activation in each pair (both views)."""
-    c1, c2 = pa.z1[:, k].toarray().ravel(), pa.z2[:, k].toarray().ravel()
-    return np.maximum(np.maximum.reduceat(c1, pa.start1[:-1]), np.maximum.reduceat(c2, pa.start2[:-1]))
-
-
-def render_latent(k, pa, *, data, corrs, folder, with_ply, settings):
-    """heatmap.png (top pair + view 2 pulled back to view 1), examples.png (top pairs, then pairs at
-    the quantiles of the per-pair peak), pointcloud.ply + pointcloud.png; one colour scale: the latent's peak."""
-    peak = pair_peaks(pa, k)  # (P,)
-    order = np.nonzero(peak > 0)[0]
-    order = order[np.argsort(-peak[order], kind="stable")]
-    rows = [(int(n), f"top {i + 1}") for i, n in enumerate(order[:settings.n_top])]
-    for q in settings.quantiles:  # order is descending, so quantile q of the peaks sits at (1 - q)(len - 1)
-        n = int(order[int(round((1 - q) * (len(order) - 1)))])
-        rows += [(n, f"q{int(q * 100)}")] if n not in [r[0] for r in rows] else []
-    vmax = float(peak[order[0]])
-    os.makedirs(folder, exist_ok=True)
-    ex = []
-    for n, tag in rows:
-        a1, a2 = pa.pair_maps(n, k)
-        ex.append(dict(rgb1=data["rgb"][n][0], rgb2=data["rgb"][n][1], act1=a1, act2=a2,
-                       caption=f"{tag}: peak {peak[n]:.3g}, pair {n} {pa.scene[n]}"))
-    figures.save_png(figures.example_grid(ex, vmax, f"latent {k}: top pairs, then quantiles"),
-                     os.path.join(folder, "examples.png"))
-    top, n = ex[0], rows[0][0]
-    figures.save_png(figures.latent_heatmap(top["rgb1"], top["rgb2"], act1=top["act1"], act2=top["act2"], vmax=vmax,
-                                            corr=corrs[n], title=f"latent {k} {top['caption']}"),
-                     os.path.join(folder, "heatmap.png"))
-    if with_ply:
-        xyz, col = ply.latent_pointcloud(data["rgb"][n], [p.astype(np.float32) for p in data["pts"][n]],
-                                         confs=[c.astype(np.float32) for c in data["conf"][n]],
-                                         acts=[top["act1"], top["act2"]], vmax=vmax)
-        ply.write_ply(os.path.join(folder, "pointcloud.ply"), xyz, col)
-        figures.pointcloud_preview(xyz, col, path=os.path.join(folder, "pointcloud.png"),
-                                   title=f"latent {k}: DUSt3R points of {top['caption']}")
-
-
 # ------------------------------------------------------------------------------------------------ output steps
 def write_figures(run_dir, title, *, cons, asym, stats):
     """figures/histograms.png and one consistency figure per correspondence set -> [(caption, path)]."""
@@ -333,22 +277,6 @@ def write_figures(run_dir, title, *, cons, asym, stats):
                      os.path.join(run_dir, "figures", f"consistency_{k}.png")))
         figures.consistency_figure(cons[k], asym, figs[-1][1], f"{title}, {k} correspondences")
     return figs
-
-
-def write_cards(run_dir, pa, *, data, corrs, table, full, settings, rng):
-    """latents/<k>/ pictures of the picked latents -> the browser's cards {k: images, numbers, files}."""
-    cards = {}
-    shutil.rmtree(os.path.join(run_dir, "latents"), ignore_errors=True)  # ours alone; no stale cards from a rerun
-    for i, k in enumerate(pick_cards(table, settings.n_cards, rng)):
-        folder, with_ply = os.path.join(run_dir, "latents", str(k)), i < settings.n_ply
-        render_latent(k, pa, data=data, corrs=corrs, folder=folder, with_ply=with_ply, settings=settings)
-        cards[k] = dict(images=[("heatmap (top pair)", os.path.join(folder, "heatmap.png")),
-                                ("top pairs and quantile examples", os.path.join(folder, "examples.png"))]
-                        + ([("3D: DUSt3R's points of the top pair", os.path.join(folder, "pointcloud.png"))]
-                           if with_ply else []),
-                        numbers={name: col[k] for name, col in full.items() if name != "latent"},
-                        files=[("point cloud (PLY)", os.path.join(folder, "pointcloud.ply"))] if with_ply else [])
-    return cards
 
 
 # ------------------------------------------------------------------------------------------------ publishing
@@ -464,8 +392,9 @@ def analyse_run(run_dir, settings, *, rng):
     if attr is not None:
         figs.append(("3D attributes of the latents against their null", os.path.join(out, "figures", "attributes.png")))
         figures.attributes_figure(attr, null, info["attributes"], figs[-1][1], f"{run} ({hook})")
-    cards = write_cards(out, pa["ab"], data=data, corrs=sets[primary], table=table, full=full, settings=settings,
-                        rng=rng)
+    cards = write_cards(out, pa["ab"], data=data, corrs=sets[primary], table=table, full=full, rng=rng,
+                        n_cards=settings.n_cards, n_ply=settings.n_ply, n_top=settings.n_top,
+                        quantiles=settings.quantiles)
     if settings.causal3d and cards:
         info["causal"] = causal_cards(cards, out, pa["ab"], model=model, sae=sae, ds=ds, data=data,
                                       sources=view_sources(hook), settings=settings, device=device)

@@ -36,8 +36,11 @@ def _wait(proc):
     return out
 
 
-def test_train_then_analyze(tmp_path):
-    enc, dec, cmp_dir = tmp_path / "enc", tmp_path / "dec", tmp_path / "cmp"
+BACKGROUND_TEST = "test_train_then_analyze"  # started at session start (conftest.background)
+
+
+def in_background(tmp_path):
+    """The three tiny runs, in parallel, then one analysis of all three -> (out folder, analysis stdout)."""
     # the third run is the appearance anchor: the same recipe on raw pixels (both training scripts take it)
     train = [_start(["train_encoder_sae.py", *TINY, "--hook=enc_blocks.1", f"--out_dir={tmp_path}", "--run_name=enc"]),
              _start(["train_decoder_sae.py", *TINY, "--hook=dec_blocks*.1", f"--out_dir={tmp_path}", "--run_name=dec",
@@ -45,8 +48,15 @@ def test_train_then_analyze(tmp_path):
              _start(["train_decoder_sae.py", *TINY, "--hook=pixels", f"--out_dir={tmp_path}", "--run_name=px"])]
     for p in train:  # the tiny runs in parallel
         _wait(p)
-    out = _wait(_start(["analyze_results.py", str(dec), str(enc), str(tmp_path / "px"), "--n_pairs=8", "--n_max=200",
-                        "--min_support=5", "--n_cards=4", "--n_ply=1", f"--compare_dir={cmp_dir}", "--device=cpu"]))
+    out = _wait(_start(["analyze_results.py", str(tmp_path / "dec"), str(tmp_path / "enc"), str(tmp_path / "px"),
+                        "--n_pairs=8", "--n_max=200", "--min_support=5", "--n_cards=4", "--n_ply=1",
+                        f"--compare_dir={tmp_path / 'cmp'}", "--device=cpu"]))
+    return tmp_path, out
+
+
+def test_train_then_analyze(background):
+    tmp_path, out = background[__name__].result()
+    enc, dec, cmp_dir = tmp_path / "enc", tmp_path / "dec", tmp_path / "cmp"
     assert "layer comparison of 3 runs" in out
 
     for run in (enc, dec):

@@ -383,7 +383,8 @@ def test_compiles_without_graph_breaks(linear):
 
 def test_rope_rotation_is_bitwise_the_official_formula():
     """croco's RoPE2D: per axis half, x * cos + cat(-x2, x1) * sin with cos/sin looked up from a (P, D) table."""
-    from models.dust3r import RoPE2D, _positions
+    from models.blocks import RoPE2D
+    from models.dust3r import _positions
     B, h, w, Hd, Dh = 2, 3, 5, 4, 16
     pos = _positions(B, h, w, "cpu")
     t = torch.randn(B, h * w, Hd, Dh)

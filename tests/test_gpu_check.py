@@ -14,11 +14,19 @@ from bench import gpu_check
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_tiny_check_runs_every_section_on_cpu(tmp_path):
+BACKGROUND_TEST = "test_tiny_check_runs_every_section_on_cpu"  # started at session start (conftest.background)
+
+
+def in_background(out):
     env = dict(os.environ, PYTHON=sys.executable)
-    p = subprocess.run(["bash", "bench/gpu_check.sh", "--tiny", "--device=cpu", f"--out={tmp_path}"], cwd=ROOT,
+    p = subprocess.run(["bash", "bench/gpu_check.sh", "--tiny", "--device=cpu", f"--out={out}"], cwd=ROOT,
                        env=env, capture_output=True, text=True, timeout=1500)
+    return p, out
+
+
+@pytest.mark.slow
+def test_tiny_check_runs_every_section_on_cpu(background):
+    p, tmp_path = background[__name__].result()
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     sec = report["sections"]

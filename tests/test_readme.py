@@ -2,7 +2,11 @@
 order, in one temporary folder (so `results/<run>` and the analysis commands find the runs made before them),
 with tiny overrides appended (later --key=value wins): a random-weight tiny DUSt3R, a few hundred tokens, a few
 pairs. Only the lines in NOT_RUN are not run here, each for the reason given. A README command no rule covers
-fails test_every_readme_command_has_a_rule, so new commands cannot slip through."""
+fails test_every_readme_command_has_a_rule, so new commands cannot slip through.
+
+The benchmarks (BENCH) read nothing the other commands write and make no run folder, so they run in README order
+in a second lane, alongside the training and analysis commands: every command runs on one thread
+(OMP_NUM_THREADS=1), and the second core would otherwise sit idle."""
 import glob
 import os
 import re
@@ -10,6 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -24,7 +29,8 @@ PROBE = ["--checkpoint=random-tiny", "--hooks=enc_norm,dec_blocks*.1", "--datase
 BENCH = {"bench.bench_pipeline": ["--checkpoint=random-tiny", "--pairs=2", "--buffer_pairs=2", "--dust3r_batch=1",
                                   "--batch_size=64", "--expansion=2", "--k=4", "--num_workers=0",
                                   "--decoder_hook=dec_blocks*.1"],
-         "bench/bench_dust3r.py": ["--arch", "224_linear", "--mode", "encoder", "--iters", "1", "--device", "cpu"],
+         # the CI arch (as gpu_check.py --tiny); the full-size 224_linear encoder runs in bench_data.py's FLOP count
+         "bench/bench_dust3r.py": ["--arch", "tiny_linear", "--mode", "encoder", "--iters", "1", "--device", "cpu"],
          "bench/bench_data.py": ["--datasets", "builtin", "--resolution", "224", "--pairs", "2", "--rounds", "1",
                                  "--batch", "2"],
          "bench/bench_forward.py": ["--size", "224", "--batch", "1", "--iters", "0"],
@@ -114,13 +120,31 @@ def resolve_runs(argv, cwd):
     return out
 
 
+def run(argv, cwd):
+    env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def bench_lane(workdir, request):
+    """{index: Future of the finished process} for the selected benchmark commands, started now, one at a time."""
+    selected = [item.callspec.params["index"] for item in request.session.items
+                if item.module.__name__ == __name__ and hasattr(item, "callspec")]
+    argvs = {i: plan(COMMANDS[i])[0] for i in selected}
+    pool = ThreadPoolExecutor(max_workers=1)
+    yield {i: pool.submit(run, argv, str(workdir)) for i, argv in argvs.items() if argv and is_bench(argv)}
+    pool.shutdown(cancel_futures=True)
+
+
+def is_bench(argv):
+    return any(a.endswith(tuple(BENCH)) for a in argv[1:3])  # python bench/x.py or python -m bench.x
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(COMMANDS)), ids=[c[:60] for c in COMMANDS])
-def test_readme_command_runs(workdir, index):
+def test_readme_command_runs(workdir, bench_lane, index):
     argv, reason = plan(COMMANDS[index])
     if reason:
         pytest.skip(reason)
-    argv = resolve_runs(argv, str(workdir))
-    env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+    proc = bench_lane[index].result() if index in bench_lane else run(resolve_runs(argv, str(workdir)), str(workdir))
     assert proc.returncode == 0, f"{COMMANDS[index]}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
