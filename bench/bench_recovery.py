@@ -357,12 +357,26 @@ def throughput(dev, steps, bf16):
     return rows
 
 
-def table(paths):
-    """Markdown table of --out files' rows: per (config, lr, model), the mean over seeds (± sd when > 1)."""
+def table(paths, wide=False):
+    """Markdown table of --out files' rows: per (config, lr, model), the mean over seeds (± sd when > 1);
+    wide: one row per (config, lr), one column per model, cells 'recovery / FVU' (means)."""
     groups = {}
     for path in paths:
         for r in json.loads(Path(path).read_text())["rows"]:
             groups.setdefault((r["config"], r["lr"], r["model"]), []).append(r)
+    if wide:
+        models = list(dict.fromkeys(m for _, _, m in groups))
+        print("| config | lr | seeds | " + " | ".join(models) + " |")
+        print("|---|---|---|" + "---|" * len(models))
+        for config, lr in dict.fromkeys((c, lr) for c, lr, _ in groups):
+            cells = []
+            for m in models:
+                rows = groups.get((config, lr, m), [])
+                mean = lambda key: sum(r[key] for r in rows) / max(len(rows), 1)
+                cells.append(f"{mean('recovery'):.4f} / {mean('fvu'):.4f}" if rows else "")
+            n = len(groups[next(k for k in groups if k[:2] == (config, lr))])
+            print(f"| {config} | {lr:.0e} | {n} | " + " | ".join(cells) + " |")
+        return
     keys = ("fvu", "l0", "dead_frac", "recovery", "share_09")
     print("| config | tokens | lr | model | seeds | FVU | L0 | dead | recovery | share > 0.9 |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -398,9 +412,10 @@ def main():
     p.add_argument("--out", default="", help="write the rows as JSON here")
     p.add_argument("--table", default="", help="comma list of --out files: print their rows as a markdown table "
                    "(mean ± sd over seeds) and exit")
+    p.add_argument("--wide", action="store_true", help="--table: one row per config and lr, 'recovery / FVU' per model")
     args = p.parse_args()
     if args.table:
-        return table(args.table.split(","))
+        return table(args.table.split(","), wide=args.wide)
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     if dev.type == "cpu":   # must precede the first sparsify import

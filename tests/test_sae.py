@@ -43,7 +43,7 @@ def train(sae, atoms, g, steps, lr=3e-3, batch=256):
         sae.remove_parallel_grad()
         opt.step()
         sae.normalize_decoder()
-        sae.update_dead_stats(out.latents)
+        sae.update_dead_stats(out.fired, len(out.recon))
     return out
 
 
@@ -87,18 +87,27 @@ def test_topk_exactly_k_nonzeros():
 def test_fused_topk_matches_dense_reference():
     sae, atoms, g = fresh("topk")
     sae.tokens_since_fired[:40] = 10 ** 9          # some dead latents so AuxK is exercised too
-    x = sample(atoms, g, 200)
+    x = sample(atoms, g, 200).requires_grad_()    # as when an SAE is spliced into a model that is backpropagated
     res = {}
     for impl in ("fused", "dense"):
         sae.topk_impl = impl
         sae.zero_grad()
+        x.grad = None
         out = sae(x)
         out.loss.backward()
-        res[impl] = (out, {n: p.grad.clone() for n, p in sae.named_parameters()})
+        res[impl] = (out, {n: p.grad.clone() for n, p in sae.named_parameters()} | {"x": x.grad.clone()})
     (o1, g1), (o2, g2) = res["fused"], res["dense"]
     assert torch.allclose(o1.recon, o2.recon, atol=1e-5) and torch.allclose(o1.loss, o2.loss, atol=1e-6)
-    for n in g1:
+    for n in g1:   # b_dec's: -W_enc @ grad b_enc in the fused backward, a sum over grad x_in in the dense one
         assert torch.allclose(g1[n], g2[n], atol=1e-6), n
+    assert not isinstance(o1.codes, torch.Tensor) and isinstance(o2.codes, torch.Tensor)   # fused: sparse codes
+    assert torch.equal(o1.latents, o2.latents) and torch.equal(o1.fired, o2.fired)
+    assert o1.fired.sum() > 10 and not o1.fired.all()
+    x_plain = x.detach()
+    sae.topk_impl = "fused"
+    sae.zero_grad()
+    sae(x_plain).loss.backward()                   # no grad for x: the fused backward skips grad x_in
+    assert torch.allclose(sae.b_dec.grad, g2["b_dec"], atol=1e-6)
 
 
 def test_bf16_autocast_runs_with_fp32_grads():
@@ -255,9 +264,9 @@ def test_dead_latents_counted_in_tokens():
     z = torch.zeros(30, 128)
     z[:, 0] = 1.0                                  # latent 0 fires on every batch
     for i in range(3):
-        sae.update_dead_stats(z)
+        sae.update_dead_stats(z.any(0), len(z))
     assert sae.dead_mask().sum() == 0              # 90 tokens < 100
-    sae.update_dead_stats(z[:10])                  # a smaller batch: counts tokens, not steps
+    sae.update_dead_stats(z[:10].any(0), 10)       # a smaller batch: counts tokens, not steps
     assert sae.dead_mask().sum() == 127 and not sae.dead_mask()[0]
 
 
@@ -296,7 +305,7 @@ def _dead_stats_worker(rank, port, out_dir):
     z = torch.zeros(10 * (rank + 1), 6)        # rank 0: 10 tokens, rank 1: 20 tokens per step
     z[:, rank] = 1.0                           # latent 0 fires on rank 0 only, latent 1 on rank 1 only
     for _ in range(2):
-        sae.update_dead_stats(z)
+        sae.update_dead_stats(z.any(0), len(z))
     (out_dir / f"rank{rank}.json").write_text(json.dumps(sae.tokens_since_fired.tolist()))
     dist.destroy_process_group()
 

@@ -38,5 +38,5 @@ def sae_step(sae, optimizer, *, x, lr, grad_clip, world_size, bf16=False):
         torch.nn.utils.clip_grad_norm_(sae.parameters(), grad_clip)
     optimizer.step()
     sae.normalize_decoder()
-    sae.update_dead_stats(out.latents)  # a collective under DDP: counts the global batch on every rank
+    sae.update_dead_stats(out.fired, len(x))  # a collective under DDP: counts the global batch on every rank
     return out
