@@ -50,6 +50,8 @@ CONFIGS = {  # d, planted atoms, SAE width, k, active atoms per token (lo, hi), 
                 corr=0.0, zipf=0.0, tokens=400_000, batch=2048),
     "mid": dict(d=256, atoms=1024, width=2048, k=16, active=(8, 16), mags="exp", noise=0.02, aniso=0.0, offset=1.0,
                 corr=0.0, zipf=0.5, tokens=200_000, batch=1024),
+    "tree": dict(d=64, atoms=64, tree=4, width=512, k=8, active=(2, 4), mags="exp", noise=0.01, aniso=0.0,
+                 offset=0.0, corr=0.0, zipf=0.0, tokens=400_000, batch=2048),   # 64 parents x 4 children (Matryoshka)
     "vit": dict(d=1024, atoms=1024, width=2048, k=16, active=(8, 16), mags="lognormal", noise=0.05, aniso=1.0,
                 offset=3.0, corr=0.3, zipf=0.7, tokens=100_000, batch=512),
 }
@@ -64,9 +66,13 @@ class Planted:
 
     aniso: atoms drawn with per-dimension std (j+1)^(-aniso/2) before normalising (a power-law spectrum);
     corr: atoms in groups of 8 share a parent direction with weight sqrt(corr) (pairwise cos ~ corr);
-    zipf: feature frequencies p_i ~ (rank+1)^-zipf; offset: a fixed mean of norm offset * E||x - mean||."""
+    zipf: feature frequencies p_i ~ (rank+1)^-zipf; offset: a fixed mean of norm offset * E||x - mean||;
+    tree: each of the `atoms` parents gets `tree` child atoms (random directions), and an active parent brings
+    one of its children with probability 1/2: a child never fires without its parent, the co-occurrence that
+    makes TopK SAEs absorb the parent into child latents (Matryoshka's case). sample() keeps the last draw's
+    parents, their on-mask and children (-1: none) in self.last for the absorption metric."""
 
-    def __init__(self, d, atoms, active, mags, noise, aniso, offset, corr, zipf, seed=0, **_):
+    def __init__(self, d, atoms, active, mags, noise, aniso, offset, corr, zipf, seed=0, tree=0, **_):
         g = torch.Generator().manual_seed(seed)
         std = (torch.arange(d) + 1.0).pow(-aniso / 2)
         a = torch.randn(atoms, d, generator=g)
@@ -74,10 +80,12 @@ class Planted:
             parents = torch.randn(atoms // 8 + 1, d, generator=g).repeat_interleave(8, 0)[:atoms]
             a = math.sqrt(corr) * parents + math.sqrt(1 - corr) * a
         a = a * std
+        if tree:
+            a = torch.cat([a, torch.randn(atoms * tree, d, generator=g) * std])   # parents, then their children
         self.atoms = a / a.norm(dim=1, keepdim=True)                       # (A, D)
         p = (torch.arange(atoms) + 1.0).pow(-zipf)
         self.probs = (p / p.sum())[torch.randperm(atoms, generator=g)]     # (A,)
-        self.active, self.mags, self.noise, self.g = active, mags, noise, g
+        self.active, self.mags, self.noise, self.g, self.tree, self.n_parents = active, mags, noise, g, tree, atoms
         self.offset = torch.zeros(d)
         if offset > 0:
             spread = (self.sample(4096) - self.sample(4096).mean(0)).norm(dim=1).mean()
@@ -89,12 +97,42 @@ class Planted:
         idx = torch.multinomial(self.probs.expand(n, -1), hi, replacement=False, generator=self.g)   # (n, hi)
         count = torch.randint(lo, hi + 1, (n, 1), generator=self.g)
         keep = (torch.arange(hi) < count).float()                                                   # (n, hi)
-        if self.mags == "exp":
-            c = torch.empty(n, hi).exponential_(generator=self.g) + 0.5
-        else:   # heavy-tailed: log-normal, sigma 1
-            c = torch.randn(n, hi, generator=self.g).exp()
-        x = F.embedding_bag(idx, self.atoms, per_sample_weights=c * keep, mode="sum")               # (n, D)
+        c = self._magnitudes(n, hi)
+        w = c * keep                                                                                # (n, hi)
+        if self.tree:
+            child = self.n_parents + idx * self.tree + torch.randint(self.tree, (n, hi), generator=self.g)
+            child = torch.where((torch.rand(n, hi, generator=self.g) < 0.5) & (keep > 0), child, -1)  # (n, hi)
+            self.last = (idx, keep > 0, child)
+            idx = torch.cat([idx, child.clamp_min(0)], 1)                                           # (n, 2 hi)
+            w = torch.cat([w, self._magnitudes(n, hi) * (child >= 0)], 1)
+        x = F.embedding_bag(idx, self.atoms, per_sample_weights=w, mode="sum")                      # (n, D)
         return x + self.noise * torch.randn(x.shape, generator=self.g) + self.offset
+
+    def _magnitudes(self, n, m):
+        if self.mags == "exp":
+            return torch.empty(n, m).exponential_(generator=self.g) + 0.5
+        return torch.randn(n, m, generator=self.g).exp()          # heavy-tailed: log-normal, sigma 1
+
+
+def absorption(last, fired, atoms, rows, n_parents, min_tokens=10, min_cos=0.9):
+    """-> (mean over found parents of 1 - P(parent's latent fires | parent with a child) / P(fires | parent
+    alone), number of found parents). 0 = the parent's latent keeps firing when a child is present, 1 = child
+    latents absorbed it (Chanin et al. 2024's feature absorption). A parent's latent is the decoder row closest
+    to it; only parents found (cos > min_cos) and seen at least min_tokens times either way count, so an SAE
+    that never learnt the parents cannot score a low absorption."""
+    idx, on, child = last                                                   # (n, hi) each
+    cos = atoms[:n_parents] @ F.normalize(rows, dim=1).T                    # (P, S)
+    best, latent = cos.max(1)                                               # (P,)
+    fires = fired.gather(1, latent[idx])                                    # (n, hi): parent's latent fired
+    scores = []
+    for with_child in (True, False):
+        sel = on & ((child >= 0) == with_child)
+        hits = torch.zeros(n_parents).index_add_(0, idx[sel], fires[sel].float())
+        seen = torch.zeros(n_parents).index_add_(0, idx[sel], torch.ones(int(sel.sum())))
+        scores.append((hits, seen))
+    (h1, n1), (h0, n0) = scores
+    ok = (n1 >= min_tokens) & (n0 >= min_tokens) & (h0 > 0) & (best > min_cos)
+    return (1 - (h1[ok] / n1[ok]) / (h0[ok] / n0[ok])).clamp_min(0).mean().item(), int(ok.sum())
 
 
 def recovery(atoms, rows):
@@ -244,14 +282,18 @@ class DictionaryLearning:
         return ae.decode(f), f != 0, rows
 
 
-def evaluate(model, x_eval, atoms, seconds, tokens):
+def evaluate(model, x_eval, atoms, seconds, tokens, tree=None):
     recon, fired, rows = model.evaluate(x_eval)
     fvu = FVU()
     fvu.update(x_eval, recon)
     rec, share = recovery(atoms, rows.float())
+    extra = {}
+    if tree is not None:
+        extra["absorption"], extra["parents_found"] = absorption(tree[0], fired.cpu(), atoms.cpu(),
+                                                                 rows.float().cpu(), tree[1])
     return dict(model=model.name, fvu=fvu.compute(), l0=fired.sum(1).float().mean().item(),
                 dead_frac=(~fired.any(0)).float().mean().item(), recovery=rec, share_09=share,
-                tokens_per_s=tokens / seconds)
+                tokens_per_s=tokens / seconds, **extra)
 
 
 def make_model(kind, c, total, init_x):
@@ -291,7 +333,7 @@ def match_l0(name, c, lr, spec, dev, seed, tries=7, tol=0.1):
 
 
 def report(r):
-    extra = f" l1 {r['l1']:.4g}" if "l1" in r else ""
+    extra = (f" l1 {r['l1']:.4g}" if "l1" in r else "") + (f" absorption {r['absorption']:.3f} over {r['parents_found']} parents" if "absorption" in r else "")
     print(f"{r['config']:4s} lr {r['lr']:7.1e} seed {r['seed']} {r['model']:16s} fvu {r['fvu']:.4f} l0 {r['l0']:6.2f} "
           f"dead {r['dead_frac']:.3f} recovery {r['recovery']:.4f} share>0.9 {r['share_09']:.3f} "
           f"{r['tokens_per_s']:8.0f} tok/s (null recovery {r['null_recovery']:.3f}){extra}", flush=True)
@@ -302,6 +344,7 @@ def train(name, c, lr, kinds, dev, seed, quiet=False):
     data = Planted(**c, seed=seed)
     atoms = data.atoms.to(dev)
     x_eval = data.sample(8192 if c["d"] < 1024 else 4096).to(dev)
+    tree = (data.last, data.n_parents) if data.tree else None          # the eval draw's parents and children
     total = c["tokens"] // c["batch"]
     init_x = data.sample(32768).to(dev)
     models = []
@@ -323,7 +366,7 @@ def train(name, c, lr, kinds, dev, seed, quiet=False):
     rows = []
     for m, s in zip(models, secs):
         r = dict(config=name, lr=lr, seed=seed, tokens=total * c["batch"], null_recovery=null,
-                 **evaluate(m, x_eval, atoms, s, total * c["batch"]))
+                 **evaluate(m, x_eval, atoms, s, total * c["batch"], tree=tree))
         rows.append(r)
         if not quiet:
             report(r)
@@ -378,12 +421,14 @@ def table(paths, wide=False):
             print(f"| {config} | {lr:.0e} | {n} | " + " | ".join(cells) + " |")
         return
     keys = ("fvu", "l0", "dead_frac", "recovery", "share_09")
-    print("| config | tokens | lr | model | seeds | FVU | L0 | dead | recovery | share > 0.9 |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    absorb = any("absorption" in r for rows in groups.values() for r in rows)
+    keys += ("absorption",) * absorb
+    print("| config | tokens | lr | model | seeds | FVU | L0 | dead | recovery | share > 0.9 |" + " absorption |" * absorb)
+    print("|---|---|---|---|---|---|---|---|---|---|" + "---|" * absorb)
     for (config, lr, model), rows in groups.items():
         cells = []
         for key in keys:
-            v = torch.tensor([r[key] for r in rows], dtype=torch.float64)
+            v = torch.tensor([r.get(key, float("nan")) for r in rows], dtype=torch.float64)
             digits = 2 if key == "l0" else 4 if key in ("fvu", "recovery") else 3
             sd = f" ± {v.std().item():.{digits}f}" if len(v) > 1 else ""
             cells.append(f"{v.mean().item():.{digits}f}{sd}")

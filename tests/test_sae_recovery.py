@@ -41,3 +41,23 @@ def test_batchtopk_norm_ranking_learns_the_atoms():
     assert norm["recovery"] >= raw["recovery"] + 0.15, (norm, raw)
     assert norm["recovery"] >= DL_BATCHTOPK_RECOVERY + 0.15, norm
     assert abs(norm["l0"] - CONFIGS["tiny"]["k"]) < 0.5, norm    # the inference threshold keeps ~k per token
+
+
+def test_absorption_metric_on_planted_firing():
+    """The Matryoshka benchmark's absorption: 0 when a parent's latent fires whether or not a child is present,
+    1 when it stops firing with a child; parents whose latent is not found (cos <= 0.9) do not count."""
+    from bench.bench_recovery import absorption
+    P, n = 4, 400
+    atoms = torch.eye(8)[:P]                                               # parents = first 4 axes (D = 8)
+    rows = torch.eye(8)                                                    # latent j = axis j: every parent found
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(P, (n, 1), generator=g)
+    on = torch.ones(n, 1, dtype=torch.bool)
+    child = torch.where(torch.rand(n, 1, generator=g) < 0.5, 99, -1)      # half the tokens carry a child
+    fired = torch.zeros(n, 8, dtype=torch.bool)
+    fired[torch.arange(n), idx[:, 0]] = True                               # the parent's latent always fires
+    assert absorption((idx, on, child), fired, atoms, rows, P) == (0.0, P)
+    fired[(child[:, 0] >= 0), :] = False                                   # ... and never beside a child
+    assert absorption((idx, on, child), fired, atoms, rows, P) == (1.0, P)
+    score, found = absorption((idx, on, child), fired, atoms, torch.eye(8)[4:], P)   # parents not in the rows
+    assert found == 0 and score != score                                   # nothing found: NaN, not a low score
