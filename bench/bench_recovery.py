@@ -23,7 +23,8 @@ pip install --no-deps -r requirements-bench-nodeps.txt for the dl-* kinds):
     python -m bench.bench_recovery --throughput --device cuda --bf16 --steps 20   # GPU: both in bf16 autocast
 
 Configs (`--configs`): tiny (the test suite's seconds-long case), toy (the issue's: d 64, 512 atoms,
-Exp(1)+0.5 magnitudes), mid (d 256), vit (ViT-like: d 1024, anisotropic power-law spectrum, large
+Exp(1)+0.5 magnitudes), mid (d 256), tree (64 parents with 4 children each, a child only beside its parent:
+the feature-absorption case; adds the `absorption` metric), vit (ViT-like: d 1024, anisotropic power-law spectrum, large
 non-zero mean, log-normal heavy-tailed magnitudes, atoms correlated in groups of 8 with pairwise cos
 ~0.3, Zipf feature frequencies).
 On CPU sparsify's Triton decoder cannot run; SPARSIFY_DISABLE_TRITON=1 (set here before the import)
