@@ -147,7 +147,9 @@ class Ours:
 
     spec = kind[:tweak...], the tweaks being the diagnosis's single-factor changes to our recipe:
     enc=<c> encoder columns of norm c at init (the recipe: models.sae.ENC_INIT_NORM), clip=<v> grad clip, aux=<a>
-    AuxK weight (the recipe: 1/32), auxk=<n> AuxK's k (the recipe: 512), rank=raw|norm BatchTopK's ranking, thr=<r> its threshold's EMA rate, l1=<c> the ReLU kind's L1 weight (to match another kind's L0),
+    AuxK weight (the recipe: 1/32), auxk=<n> AuxK's k (the recipe: 512), rank=raw|norm BatchTopK's ranking,
+    thr=<r> its threshold's EMA rate, tw per-token relative-error loss (SAEConfig.token_weight),
+    l1=<c> the ReLU kind's L1 weight (to match another kind's L0),
     nonorm no input normalisation (mu = 0, s = 1), bmean b_dec at the sample mean instead of the median."""
 
     def __init__(self, spec, c, total_steps, init_x):
@@ -166,6 +168,8 @@ class Ours:
                     self.clip = float(t[5:])
                 elif t.startswith("l1="):
                     self.sae.cfg.l1_coeff = float(t[3:])
+                elif t == "tw":
+                    self.sae.cfg.token_weight = True
                 elif t.startswith("thr="):
                     self.sae.cfg.threshold_lr = float(t[4:])
                 elif t.startswith("rank="):
@@ -181,7 +185,7 @@ class Ours:
                 elif t == "bmean":
                     self.sae.b_dec.copy_(((init_x - self.sae.norm_mean) * self.sae.norm_scale).mean(0))
                 else:
-                    raise SystemExit(f"--kinds: unknown tweak {t!r} in {spec!r}; expected enc=, clip=, aux=, auxk=, l1=, rank=, thr=, nonorm, bmean")
+                    raise SystemExit(f"--kinds: unknown tweak {t!r} in {spec!r}; expected enc=, clip=, aux=, auxk=, l1=, rank=, thr=, tw, nonorm, bmean")
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=1.0)
 
     def step(self, x, lr):

@@ -84,6 +84,9 @@ class SAEConfig:
     batch_rank: str = "norm"        # batchtopk, matryoshka: rank pre-activations as they are ('raw', the papers)
                                     # or divided by the token's norm ('norm'; README "Recovery vs sparsify":
                                     # raw ranking hands high-norm tokens most of the batch's K and learns slowly)
+    token_weight: bool = False      # weight each token's squared error by D / ||x_n - b_dec||^2, i.e. fit its relative
+                                    # error (the ratio SAELens' constant_norm_rescale fits); much faster recovery on
+                                    # the planted dictionaries (README "A lead"), not yet measured on DUSt3R: opt-in
     matryoshka_widths: tuple = ()   # matryoshka: increasing prefix sizes ending at n_latents; () = S/16, S/8, .., S
                                     # (doubling, as SAELens' examples; dictionary_learning uses fixed fractions)
 
@@ -374,9 +377,13 @@ class SAE(nn.Module):
         resid = x_n - x_hat_n
         recon_mse = resid.pow(2).mean()
         recon_term = recon_mse
+        w = D / x_in.detach().pow(2).sum(1).clamp_min(1e-12) if cfg.token_weight else None   # (B,)
+        if w is not None:
+            recon_term = (resid.pow(2).mean(1) * w).mean()
         if cfg.kind == "matryoshka":   # every prefix reconstructs x on its own; equal weights (Bussmann et al.)
             target = (x_n - self.b_dec)[:, None]                                  # (B, 1, D)
-            recon_term = (target - prefixes.float()).pow(2).mean((0, 2)).mean()
+            err = (target - prefixes.float()).pow(2).mean(2)                      # (B, G)
+            recon_term = (err if w is None else err * w[:, None]).mean(0).mean()
         dead = self.dead_mask()
         if cfg.kind != "relu" and bool(dead.any()):
             dead_idx = dead.nonzero().squeeze(1)                                 # (S_dead,)

@@ -379,3 +379,25 @@ def test_matryoshka_first_prefix_alone_reconstructs_after_training():
         res[kind] = ((target - f[:, :16] @ sae.W_dec[:16] - sae.b_dec).pow(2).sum()
                      / (target - target.mean(0)).pow(2).sum()).item()
     assert res["matryoshka"] < 0.8 * res["batchtopk"], res
+
+
+@pytest.mark.parametrize("kind", ["topk", "matryoshka"])
+def test_token_weight_fits_each_tokens_relative_error(kind):
+    """token_weight: the reconstruction term is mean_B(D / ||x_n - b_dec||^2 * mean_D(err^2)) (per prefix for
+    Matryoshka); recon_mse and fvu stay unweighted; the default leaves the loss as it was."""
+    sae, atoms, g = fresh(kind, token_weight=True)
+    x = sample(atoms, g, 256)
+    x[::2] = 3.0 + (x[::2] - 3.0) * 5.0                          # norms spread 5x: the weights matter
+    out = sae(x)
+    x_n, x_in = sae._pre(x)
+    w = D / x_in.detach().pow(2).sum(1)
+    if kind == "topk":
+        ref = ((x_n - ((out.recon - sae.norm_mean) * sae.norm_scale)).pow(2).mean(1) * w).mean()
+    else:   # prefixes from the dense latents, as the class docstring defines them
+        f = out.latents * sae.norm_scale
+        ref = torch.stack([((f[:, :m] @ sae.W_dec[:m] + sae.b_dec - x_n).pow(2).mean(1) * w).mean()
+                           for m in sae.cfg.matryoshka_widths]).mean()
+    assert torch.allclose(out.loss - sae.cfg.aux_coeff * out.aux_loss, ref, rtol=1e-4, atol=1e-6)
+    sae.cfg.token_weight = False
+    plain = sae(x)
+    assert torch.allclose(plain.recon_mse, out.recon_mse) and not torch.allclose(plain.loss, out.loss)
