@@ -185,7 +185,10 @@ class _TopKEncode(torch.autograd.Function):
                                      mode="sum").to(x_in.dtype)                    # (B, D)
         if ctx.needs_input_grad[1]:
             grad_b_dec = -(W_enc @ grad_b)                                         # (D,)
-        return grad_x, grad_b_dec, grad_W.t().contiguous(), grad_b, None
+        # W_enc is stored latent-major (strides (1, D): the tied init transposes W_dec), so grad_W.t() already has
+        # its layout; a .contiguous() here cost two 4*D*S-byte transposing copies per step (this one, then
+        # autograd's copy back into the parameter's layout)
+        return grad_x, grad_b_dec, grad_W.t(), grad_b, None
 
 
 def save_atomic(path, write):

@@ -108,6 +108,14 @@ def test_fused_topk_matches_dense_reference():
     sae.zero_grad()
     sae(x_plain).loss.backward()                   # no grad for x: the fused backward skips grad x_in
     assert torch.allclose(sae.b_dec.grad, g2["b_dec"], atol=1e-6)
+    # the fused backward hands W_enc's gradient over in W_enc's own latent-major layout (strides (1, D)), so
+    # autograd accumulates it without a transposing copy (two of them per step before; README Throughput)
+    sae.tokens_since_fired.zero_()                 # no AuxK: W_enc's gradient comes from the fused backward alone
+    grad_W, = torch.autograd.grad(sae(x_plain).loss, sae.W_enc)
+    assert sae.W_enc.stride() == (1, D) and grad_W.stride() == sae.W_enc.stride()
+    loaded = SAE(sae.cfg)
+    loaded.load_state_dict(sae.state_dict())
+    assert loaded.W_enc.stride() == (1, D)          # state-dict loads copy into the layout: resumed runs keep it
 
 
 def test_bf16_autocast_runs_with_fp32_grads():
