@@ -53,6 +53,7 @@ k = 32                       # active latents per token (topk, batchtopk): opena
 aux_k = 512                  # AuxK: dead latents used to model the residual (Gao et al.)
 aux_coeff = 0.03125          # AuxK weight, 1/32 (Gao et al.)
 l1_coeff = 5e-3              # relu only: L1 weight (models/sae.py; tune it for the L0 you want)
+token_weight = True          # loss weights each token's squared error by d / ||x - b_dec||^2: its relative error (README)
 dead_tokens = 10_000_000     # dead = no firing in this many tokens (openai, sparsify, saev); capped at 5% of the run
 init_tokens = 65536          # tokens for the input normalisation and the geometric-median b_dec (openai: 32768)
 # optimisation
@@ -120,7 +121,8 @@ stream = token_stream(model, train_ds, sources=sources, device=dev, tokens_per_p
 # model: the SAE and its optimizer; resume from checkpoint/ when there is one, else initialise from the first buffer
 seed_everything(seed)  # the SAE's init depends on seed alone, not on whether a cache was just written
 sae = SAE(SAEConfig(d_in=d_in, n_latents=expansion * d_in, kind=sae_kind, k=k, aux_k=aux_k, aux_coeff=aux_coeff,
-                    dead_tokens=dead_window, l1_coeff=l1_coeff, l1_warmup_steps=max(1, total_steps // 20))).to(dev)
+                    dead_tokens=dead_window, l1_coeff=l1_coeff, l1_warmup_steps=max(1, total_steps // 20),
+                    token_weight=token_weight)).to(dev)
 optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
 ckpt = Checkpoints(run, sae, optimizer=optimizer, config=config, batch_size=batch_size,
                    tokens_per_pair=tokens_per_pair)

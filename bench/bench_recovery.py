@@ -3,7 +3,8 @@
 Every config plants a dictionary of unit atoms, draws tokens as sparse non-negative combinations of them
 plus noise, and trains each SAE on the *same* batches with the same width, k, tokens, Adam and schedule
 (the scripts' lr_at: linear warm-up over 10 %, linear decay over the last 20 %). Ours goes through the
-training scripts' own step (`sae_step`, grad clip 1.0 as in the scripts); sparsify's SparseCoder through
+training scripts' own step (`sae_step`, grad clip 1.0 as in the scripts; the scripts train `topk:tw`, i.e.
+token_weight=True, plain `topk` is SAEConfig's default); sparsify's SparseCoder through
 the steps of its Trainer (b_dec = mean of the first batch, unit-norm decoder before each forward, FVU loss,
 parallel gradient removed, no clipping, AuxK off: its defaults); dictionary_learning's BatchTopK and Matryoshka
 BatchTopK (the BatchTopK papers' code, `dl-batchtopk`, `dl-matryoshka`) through their trainers' own `update`.
@@ -26,7 +27,8 @@ Configs (`--configs`): tiny (the test suite's seconds-long case), toy (the issue
 Exp(1)+0.5 magnitudes), mid (d 256), tree (64 parents with 4 children each, a child only beside its parent:
 the feature-absorption case; adds the `absorption` metric), vit (ViT-like: d 1024, anisotropic power-law spectrum, large
 non-zero mean, log-normal heavy-tailed magnitudes, atoms correlated in groups of 8 with pairwise cos
-~0.3, Zipf feature frequencies).
+~0.3, Zipf feature frequencies), vitreg (vit plus 2 % high-norm outlier tokens, as large ViTs have; adds `fvu_in`
+and `fvu_out`, the FVU of the ordinary and of the outlier tokens).
 On CPU sparsify's Triton decoder cannot run; SPARSIFY_DISABLE_TRITON=1 (set here before the import)
 selects its eager embedding_bag decoder.
 """
@@ -39,8 +41,8 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+from bench.planted import Planted, absorption, recovery
 from models.sae import FVU, SAE, SAEConfig
 from training.step import lr_at, sae_step
 
@@ -56,90 +58,15 @@ CONFIGS = {  # d, planted atoms, SAE width, k, active atoms per token (lo, hi), 
     "vit": dict(d=1024, atoms=1024, width=2048, k=16, active=(8, 16), mags="lognormal", noise=0.05, aniso=1.0,
                 offset=3.0, corr=0.3, zipf=0.7, tokens=100_000, batch=512),
 }
+# vit plus high-norm outlier tokens (Darcet et al. 2024, "Vision Transformers Need Registers": large ViTs put a few
+# percent of patch tokens at several times the usual norm): 2 % of tokens gain 4x the mean token norm along one of
+# 4 fixed directions. They hold most of the centred variance, so the unweighted FVU is mostly theirs; the
+# `fvu_in` / `fvu_out` metrics split it (each subset about its own mean).
+CONFIGS["vitreg"] = dict(CONFIGS["vit"], outliers=0.02, outlier_scale=4.0, outlier_dirs=4)
 GRAD_CLIP = 1.0   # what train_encoder_sae.py / train_decoder_sae.py use
 THRESHOLD_WINDOW = 0.05   # BatchTopK's inference-threshold EMA spans ~5 % of the steps: the scripts' rate 0.01 spans
                           # 100 of their ~24k steps, but in a 200-step benchmark it would lag the drifting scores
                           # (toy, lr 3e-3: inference L0 5.9 instead of 8, FVU 0.214 vs 0.192 at this window)
-
-
-class Planted:
-    """Tokens x = sum_i c_i a_i + noise + offset over a few active unit atoms a_i (A, D); c_i >= 0.
-
-    aniso: atoms drawn with per-dimension std (j+1)^(-aniso/2) before normalising (a power-law spectrum);
-    corr: atoms in groups of 8 share a parent direction with weight sqrt(corr) (pairwise cos ~ corr);
-    zipf: feature frequencies p_i ~ (rank+1)^-zipf; offset: a fixed mean of norm offset * E||x - mean||;
-    tree: each of the `atoms` parents gets `tree` child atoms (random directions), and an active parent brings
-    one of its children with probability 1/2: a child never fires without its parent, the co-occurrence that
-    makes TopK SAEs absorb the parent into child latents (Matryoshka's case). sample() keeps the last draw's
-    parents, their on-mask and children (-1: none) in self.last for the absorption metric."""
-
-    def __init__(self, d, atoms, active, mags, noise, aniso, offset, corr, zipf, seed=0, tree=0, **_):
-        g = torch.Generator().manual_seed(seed)
-        std = (torch.arange(d) + 1.0).pow(-aniso / 2)
-        a = torch.randn(atoms, d, generator=g)
-        if corr > 0:
-            parents = torch.randn(atoms // 8 + 1, d, generator=g).repeat_interleave(8, 0)[:atoms]
-            a = math.sqrt(corr) * parents + math.sqrt(1 - corr) * a
-        a = a * std
-        if tree:
-            a = torch.cat([a, torch.randn(atoms * tree, d, generator=g) * std])   # parents, then their children
-        self.atoms = a / a.norm(dim=1, keepdim=True)                       # (A, D)
-        p = (torch.arange(atoms) + 1.0).pow(-zipf)
-        self.probs = (p / p.sum())[torch.randperm(atoms, generator=g)]     # (A,)
-        self.active, self.mags, self.noise, self.g, self.tree, self.n_parents = active, mags, noise, g, tree, atoms
-        self.offset = torch.zeros(d)
-        if offset > 0:
-            spread = (self.sample(4096) - self.sample(4096).mean(0)).norm(dim=1).mean()
-            direction = torch.randn(d, generator=g)
-            self.offset = offset * spread * direction / direction.norm()
-
-    def sample(self, n):
-        lo, hi = self.active
-        idx = torch.multinomial(self.probs.expand(n, -1), hi, replacement=False, generator=self.g)   # (n, hi)
-        count = torch.randint(lo, hi + 1, (n, 1), generator=self.g)
-        keep = (torch.arange(hi) < count).float()                                                   # (n, hi)
-        c = self._magnitudes(n, hi)
-        w = c * keep                                                                                # (n, hi)
-        if self.tree:
-            child = self.n_parents + idx * self.tree + torch.randint(self.tree, (n, hi), generator=self.g)
-            child = torch.where((torch.rand(n, hi, generator=self.g) < 0.5) & (keep > 0), child, -1)  # (n, hi)
-            self.last = (idx, keep > 0, child)
-            idx = torch.cat([idx, child.clamp_min(0)], 1)                                           # (n, 2 hi)
-            w = torch.cat([w, self._magnitudes(n, hi) * (child >= 0)], 1)
-        x = F.embedding_bag(idx, self.atoms, per_sample_weights=w, mode="sum")                      # (n, D)
-        return x + self.noise * torch.randn(x.shape, generator=self.g) + self.offset
-
-    def _magnitudes(self, n, m):
-        if self.mags == "exp":
-            return torch.empty(n, m).exponential_(generator=self.g) + 0.5
-        return torch.randn(n, m, generator=self.g).exp()          # heavy-tailed: log-normal, sigma 1
-
-
-def absorption(last, fired, atoms, rows, n_parents, min_tokens=10, min_cos=0.9):
-    """-> (mean over found parents of 1 - P(parent's latent fires | parent with a child) / P(fires | parent
-    alone), number of found parents). 0 = the parent's latent keeps firing when a child is present, 1 = child
-    latents absorbed it (Chanin et al. 2024's feature absorption). A parent's latent is the decoder row closest
-    to it; only parents found (cos > min_cos) and seen at least min_tokens times either way count, so an SAE
-    that never learnt the parents cannot score a low absorption."""
-    idx, on, child = last                                                   # (n, hi) each
-    cos = atoms[:n_parents] @ F.normalize(rows, dim=1).T                    # (P, S)
-    best, latent = cos.max(1)                                               # (P,)
-    fires = fired.gather(1, latent[idx])                                    # (n, hi): parent's latent fired
-    scores = []
-    for with_child in (True, False):
-        sel = on & ((child >= 0) == with_child)
-        hits = torch.zeros(n_parents).index_add_(0, idx[sel], fires[sel].float())
-        seen = torch.zeros(n_parents).index_add_(0, idx[sel], torch.ones(int(sel.sum())))
-        scores.append((hits, seen))
-    (h1, n1), (h0, n0) = scores
-    ok = (n1 >= min_tokens) & (n0 >= min_tokens) & (h0 > 0) & (best > min_cos)
-    return (1 - (h1[ok] / n1[ok]) / (h0[ok] / n0[ok])).clamp_min(0).mean().item(), int(ok.sum())
-
-
-def recovery(atoms, rows):
-    """-> (mean best cosine of each true atom to a row, share with best cos > 0.9)."""
-    best = torch.cat([(a @ F.normalize(rows, dim=1).T).max(1).values for a in atoms.split(1024)])
-    return best.mean().item(), (best > 0.9).float().mean().item()
 
 
 class Ours:
@@ -287,12 +214,17 @@ class DictionaryLearning:
         return ae.decode(f), f != 0, rows
 
 
-def evaluate(model, x_eval, atoms, seconds, tokens, tree=None):
+def evaluate(model, x_eval, atoms, seconds, tokens, tree=None, out_mask=None):
     recon, fired, rows = model.evaluate(x_eval)
     fvu = FVU()
     fvu.update(x_eval, recon)
     rec, share = recovery(atoms, rows.float())
     extra = {}
+    if out_mask is not None:   # FVU of the ordinary and of the high-norm tokens, each about its own mean
+        for key, m in (("fvu_in", ~out_mask), ("fvu_out", out_mask)):
+            part = FVU()
+            part.update(x_eval[m], recon[m])
+            extra[key] = part.compute()
     if tree is not None:
         extra["absorption"], extra["parents_found"] = absorption(tree[0], fired.cpu(), atoms.cpu(),
                                                                  rows.float().cpu(), tree[1])
@@ -338,7 +270,7 @@ def match_l0(name, c, lr, spec, dev, seed, tries=7, tol=0.1):
 
 
 def report(r):
-    extra = (f" l1 {r['l1']:.4g}" if "l1" in r else "") + (f" absorption {r['absorption']:.3f} over {r['parents_found']} parents" if "absorption" in r else "")
+    extra = (f" l1 {r['l1']:.4g}" if "l1" in r else "") + (f" fvu in/out {r['fvu_in']:.4f} / {r['fvu_out']:.4f}" if "fvu_in" in r else "") + (f" absorption {r['absorption']:.3f} over {r['parents_found']} parents" if "absorption" in r else "")
     print(f"{r['config']:4s} lr {r['lr']:7.1e} seed {r['seed']} {r['model']:16s} fvu {r['fvu']:.4f} l0 {r['l0']:6.2f} "
           f"dead {r['dead_frac']:.3f} recovery {r['recovery']:.4f} share>0.9 {r['share_09']:.3f} "
           f"{r['tokens_per_s']:8.0f} tok/s (null recovery {r['null_recovery']:.3f}){extra}", flush=True)
@@ -350,6 +282,7 @@ def train(name, c, lr, kinds, dev, seed, quiet=False):
     atoms = data.atoms.to(dev)
     x_eval = data.sample(8192 if c["d"] < 1024 else 4096).to(dev)
     tree = (data.last, data.n_parents) if data.tree else None          # the eval draw's parents and children
+    out_mask = data.last_out.to(dev) if data.outliers else None          # the eval draw's outlier tokens
     total = c["tokens"] // c["batch"]
     init_x = data.sample(32768).to(dev)
     models = []
@@ -371,7 +304,7 @@ def train(name, c, lr, kinds, dev, seed, quiet=False):
     rows = []
     for m, s in zip(models, secs):
         r = dict(config=name, lr=lr, seed=seed, tokens=total * c["batch"], null_recovery=null,
-                 **evaluate(m, x_eval, atoms, s, total * c["batch"], tree=tree))
+                 **evaluate(m, x_eval, atoms, s, total * c["batch"], tree=tree, out_mask=out_mask))
         rows.append(r)
         if not quiet:
             report(r)
@@ -426,15 +359,18 @@ def table(paths, wide=False):
             print(f"| {config} | {lr:.0e} | {n} | " + " | ".join(cells) + " |")
         return
     keys = ("fvu", "l0", "dead_frac", "recovery", "share_09")
-    absorb = any("absorption" in r for rows in groups.values() for r in rows)
-    keys += ("absorption",) * absorb
-    print("| config | tokens | lr | model | seeds | FVU | L0 | dead | recovery | share > 0.9 |" + " absorption |" * absorb)
-    print("|---|---|---|---|---|---|---|---|---|---|" + "---|" * absorb)
+    extra = [key for key in ("fvu_in", "fvu_out", "absorption") if any(key in r for g in groups.values() for r in g)]
+    keys += tuple(extra)
+    print("| config | tokens | lr | model | seeds | FVU | L0 | dead | recovery | share > 0.9 |" + "".join(f" {key} |" for key in extra))
+    print("|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(extra))
     for (config, lr, model), rows in groups.items():
         cells = []
         for key in keys:
+            if not any(key in r for r in rows):   # a metric of other configs (absorption: tree only)
+                cells.append("")
+                continue
             v = torch.tensor([r.get(key, float("nan")) for r in rows], dtype=torch.float64)
-            digits = 2 if key == "l0" else 4 if key in ("fvu", "recovery") else 3
+            digits = 2 if key == "l0" else 4 if key in ("fvu", "recovery", "fvu_in", "fvu_out") else 3
             sd = f" ± {v.std().item():.{digits}f}" if len(v) > 1 else ""
             cells.append(f"{v.mean().item():.{digits}f}{sd}")
         l1 = f" (l1 {rows[0]['l1']:.3g})" if len(rows) == 1 and "l1" in rows[0] else ""

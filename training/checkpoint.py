@@ -39,11 +39,19 @@ RESUMABLE_CHANGES = ("max_steps", "num_workers", "device", "eval_every", "eval_p
                      "ckpt_every", "dust3r_batch", "cache_dir")
 
 
+# constants added after runs were saved, with the value every run saved before them had: a saved config
+# without the key reads as that value (so an old run resumes when asked for it, and is refused otherwise)
+INTRODUCED = {"token_weight": False}
+
+
 def check_resume_config(saved, config, path):
+    older = {k: v for k, v in INTRODUCED.items() if k in config and k not in saved}
+    saved = {**older, **saved}
     changed = sorted(k for k in set(saved) | set(config)
                      if k not in RESUMABLE_CHANGES and saved.get(k) != config.get(k))
     if changed:
-        diff = ", ".join(f"{k}: {saved.get(k)!r} -> {config.get(k)!r}" for k in changed)
+        diff = ", ".join(f"{k}: {saved.get(k)!r}{' (saved before the constant existed)' * (k in older)} -> "
+                         f"{config.get(k)!r}" for k in changed)
         raise UserError(f"{path}: cannot resume with a different config ({diff}); nothing was changed in the run "
                         f"folder. Rerun with the saved values, or pass --run_name=<new name> for a new run")
 
