@@ -75,13 +75,14 @@ class Ours:
     spec = kind[:tweak...], the tweaks being the diagnosis's single-factor changes to our recipe:
     enc=<c> encoder columns of norm c at init (the recipe: models.sae.ENC_INIT_NORM), clip=<v> grad clip, aux=<a>
     AuxK weight (the recipe: 1/32), auxk=<n> AuxK's k (the recipe: 512), rank=raw|norm BatchTopK's ranking,
-    thr=<r> its threshold's EMA rate, tw per-token relative-error loss (SAEConfig.token_weight),
+    thr=<r> its threshold's EMA rate, inf=topk evaluate it with per-token top-k instead of its threshold,
+    tw per-token relative-error loss (SAEConfig.token_weight),
     l1=<c> the ReLU kind's L1 weight (to match another kind's L0),
     nonorm no input normalisation (mu = 0, s = 1), bmean b_dec at the sample mean instead of the median."""
 
     def __init__(self, spec, c, total_steps, init_x):
         kind, *tweaks = spec.split(":")
-        self.name, self.clip = spec, GRAD_CLIP
+        self.name, self.clip, self.inference = spec, GRAD_CLIP, None
         self.sae = SAE(SAEConfig(d_in=c["d"], n_latents=c["width"], kind=kind, k=c["k"],
                                  dead_tokens=min(10_000_000, max(c["batch"], c["tokens"] // 20)),
                                  l1_warmup_steps=max(1, total_steps // 20),
@@ -97,6 +98,8 @@ class Ours:
                     self.sae.cfg.l1_coeff = float(t[3:])
                 elif t == "tw":
                     self.sae.cfg.token_weight = True
+                elif t == "inf=topk":
+                    self.inference = "topk"
                 elif t.startswith("thr="):
                     self.sae.cfg.threshold_lr = float(t[4:])
                 elif t.startswith("rank="):
@@ -112,7 +115,7 @@ class Ours:
                 elif t == "bmean":
                     self.sae.b_dec.copy_(((init_x - self.sae.norm_mean) * self.sae.norm_scale).mean(0))
                 else:
-                    raise SystemExit(f"--kinds: unknown tweak {t!r} in {spec!r}; expected enc=, clip=, aux=, auxk=, l1=, rank=, thr=, tw, nonorm, bmean")
+                    raise SystemExit(f"--kinds: unknown tweak {t!r} in {spec!r}; expected enc=, clip=, aux=, auxk=, l1=, rank=, thr=, inf=topk, tw, nonorm, bmean")
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=1.0)
 
     def step(self, x, lr):
@@ -121,7 +124,11 @@ class Ours:
     @torch.no_grad()
     def evaluate(self, x):
         self.sae.eval()
+        kind = self.sae.cfg.kind
+        if self.inference == "topk":   # a BatchTopK SAE read with each token's own top k instead of the threshold
+            self.sae.cfg.kind = "topk"
         out = self.sae(x)
+        self.sae.cfg.kind = kind
         self.sae.train()
         return out.recon, out.latents != 0, self.sae.W_dec
 
@@ -270,7 +277,9 @@ def match_l0(name, c, lr, spec, dev, seed, tries=7, tol=0.1):
 
 
 def report(r):
-    extra = (f" l1 {r['l1']:.4g}" if "l1" in r else "") + (f" fvu in/out {r['fvu_in']:.4f} / {r['fvu_out']:.4f}" if "fvu_in" in r else "") + (f" absorption {r['absorption']:.3f} over {r['parents_found']} parents" if "absorption" in r else "")
+    extra = (f" l1 {r['l1']:.4g}" if "l1" in r else "")
+    extra += f" fvu in/out {r['fvu_in']:.4f} / {r['fvu_out']:.4f}" if "fvu_in" in r else ""
+    extra += f" absorption {r['absorption']:.3f} over {r['parents_found']} parents" if "absorption" in r else ""
     print(f"{r['config']:4s} lr {r['lr']:7.1e} seed {r['seed']} {r['model']:16s} fvu {r['fvu']:.4f} l0 {r['l0']:6.2f} "
           f"dead {r['dead_frac']:.3f} recovery {r['recovery']:.4f} share>0.9 {r['share_09']:.3f} "
           f"{r['tokens_per_s']:8.0f} tok/s (null recovery {r['null_recovery']:.3f}){extra}", flush=True)
