@@ -61,6 +61,7 @@ aux_k = 512                  # AuxK: dead latents used to model the residual (Ga
 aux_coeff = 0.03125          # AuxK weight, 1/32 (Gao et al.)
 l1_coeff = 5e-3              # relu only: L1 weight (models/sae.py; tune it for the L0 you want)
 token_weight = True          # loss weights each token's squared error by d / ||x - b_dec||^2: its relative error (README)
+                             # (set False with sae_kind='relu': it slows ReLU+L1's recovery, README)
 dead_tokens = 10_000_000     # dead = no firing in this many tokens (openai, sparsify, saev); capped at 5% of the run
 init_tokens = 65536          # tokens for the normalisation and geometric-median b_dec (openai: 32768); pooled: both
 # optimisation

@@ -8,7 +8,8 @@ token_weight=True, plain `topk` is SAEConfig's default); sparsify's SparseCoder 
 the steps of its Trainer (b_dec = mean of the first batch, unit-norm decoder before each forward, FVU loss,
 parallel gradient removed, no clipping, AuxK off: its defaults); dictionary_learning's BatchTopK and Matryoshka
 BatchTopK (the BatchTopK papers' code, `dl-batchtopk`, `dl-matryoshka`) through their trainers' own `update`.
-ReLU+L1 (`relu:l0`) is matched to the L0 of the TopK kinds by bisecting its L1 weight. Reported on a held-out set of the same
+ReLU+L1 (`relu:l0`, and dictionary_learning's April-update trainer `dl-relu:l0`) is matched to the L0 of the TopK kinds
+by bisecting its L1 weight. Reported on a held-out set of the same
 distribution: FVU (centred), L0, dead fraction (never fired on it), recovery = mean over true atoms of the
 best cosine to a decoder row, and the share of atoms found at cos > 0.9; tokens/s of training (steps
 interleaved, so load on a shared machine hits both alike). Null: a random decoder's recovery is printed
@@ -28,7 +29,8 @@ Exp(1)+0.5 magnitudes), mid (d 256), tree (64 parents with 4 children each, a ch
 the feature-absorption case; adds the `absorption` metric), vit (ViT-like: d 1024, anisotropic power-law spectrum, large
 non-zero mean, log-normal heavy-tailed magnitudes, atoms correlated in groups of 8 with pairwise cos
 ~0.3, Zipf feature frequencies), vitreg (vit plus 2 % high-norm outlier tokens, as large ViTs have; adds `fvu_in`
-and `fvu_out`, the FVU of the ordinary and of the outlier tokens).
+and `fvu_out`, the FVU of the ordinary and of the outlier tokens), var (toy with 1 to 15 atoms per token: complexity
+that varies, BatchTopK's case).
 On CPU sparsify's Triton decoder cannot run; SPARSIFY_DISABLE_TRITON=1 (set here before the import)
 selects its eager embedding_bag decoder.
 """
@@ -43,7 +45,7 @@ from pathlib import Path
 import torch
 
 from bench.planted import Planted, absorption, recovery
-from models.sae import FVU, SAE, SAEConfig
+from models.sae import FVU, SAE, SAEConfig, _rank_scale
 from training.step import lr_at, sae_step
 
 CONFIGS = {  # d, planted atoms, SAE width, k, active atoms per token (lo, hi), magnitudes, tokens, batch, ...
@@ -63,6 +65,9 @@ CONFIGS = {  # d, planted atoms, SAE width, k, active atoms per token (lo, hi), 
 # 4 fixed directions. They hold most of the centred variance, so the unweighted FVU is mostly theirs; the
 # `fvu_in` / `fvu_out` metrics split it (each subset about its own mean).
 CONFIGS["vitreg"] = dict(CONFIGS["vit"], outliers=0.02, outlier_scale=4.0, outlier_dirs=4)
+# toy whose tokens vary in complexity: 1 to 15 active atoms (mean 8 = k), so a fixed k per token is too many for
+# some and too few for others: the case BatchTopK's batch-wide allocation is for (Bussmann et al. 2024)
+CONFIGS["var"] = dict(CONFIGS["toy"], active=(1, 15))
 GRAD_CLIP = 1.0   # what train_encoder_sae.py / train_decoder_sae.py use
 THRESHOLD_WINDOW = 0.05   # BatchTopK's inference-threshold EMA spans ~5 % of the steps: the scripts' rate 0.01 spans
                           # 100 of their ~24k steps, but in a 200-step benchmark it would lag the drifting scores
@@ -76,13 +81,16 @@ class Ours:
     enc=<c> encoder columns of norm c at init (the recipe: models.sae.ENC_INIT_NORM), clip=<v> grad clip, aux=<a>
     AuxK weight (the recipe: 1/32), auxk=<n> AuxK's k (the recipe: 512), rank=raw|norm BatchTopK's ranking,
     thr=<r> its threshold's EMA rate, inf=topk evaluate it with per-token top-k instead of its threshold,
+    inf=cal with the threshold that gives mean L0 = k on the evaluation set itself (an oracle calibration),
+    inf=batch with batch top-k over evaluation batches of the training batch size (its training rule),
     tw per-token relative-error loss (SAEConfig.token_weight),
-    l1=<c> the ReLU kind's L1 weight (to match another kind's L0),
+    l1=<c> the ReLU kind's L1 weight (to match another kind's L0), unit its decoder rows held at norm 1 (the recipe
+    before RELU_DEC_INIT_NORM), dec=<c> its rows' initial norm,
     nonorm no input normalisation (mu = 0, s = 1), bmean b_dec at the sample mean instead of the median."""
 
     def __init__(self, spec, c, total_steps, init_x):
         kind, *tweaks = spec.split(":")
-        self.name, self.clip, self.inference = spec, GRAD_CLIP, None
+        self.name, self.clip, self.inference, self.batch = spec, GRAD_CLIP, None, c["batch"]
         self.sae = SAE(SAEConfig(d_in=c["d"], n_latents=c["width"], kind=kind, k=c["k"],
                                  dead_tokens=min(10_000_000, max(c["batch"], c["tokens"] // 20)),
                                  l1_warmup_steps=max(1, total_steps // 20),
@@ -98,8 +106,15 @@ class Ours:
                     self.sae.cfg.l1_coeff = float(t[3:])
                 elif t == "tw":
                     self.sae.cfg.token_weight = True
-                elif t == "inf=topk":
-                    self.inference = "topk"
+                elif t == "unit":   # relu as before the April-update recipe: unit rows held at norm 1
+                    self.sae.free_decoder = False
+                    self.sae.normalize_decoder()
+                    self.sae.W_enc.copy_(self.sae._tied_encoder())
+                elif t.startswith("dec="):   # relu: decoder rows start at this norm, the encoder tied to them
+                    self.sae.W_dec.mul_(float(t[4:]) / self.sae.W_dec.norm(dim=1, keepdim=True))
+                    self.sae.W_enc.copy_(self.sae._tied_encoder())
+                elif t in ("inf=topk", "inf=cal", "inf=batch"):
+                    self.inference = t[4:]
                 elif t.startswith("thr="):
                     self.sae.cfg.threshold_lr = float(t[4:])
                 elif t.startswith("rank="):
@@ -115,7 +130,7 @@ class Ours:
                 elif t == "bmean":
                     self.sae.b_dec.copy_(((init_x - self.sae.norm_mean) * self.sae.norm_scale).mean(0))
                 else:
-                    raise SystemExit(f"--kinds: unknown tweak {t!r} in {spec!r}; expected enc=, clip=, aux=, auxk=, l1=, rank=, thr=, inf=topk, tw, nonorm, bmean")
+                    raise SystemExit(f"--kinds: unknown tweak {t!r} in {spec!r}; expected enc=, clip=, aux=, auxk=, l1=, unit, dec=, rank=, thr=, inf=topk|cal|batch, tw, nonorm, bmean")
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=1.0)
 
     def step(self, x, lr):
@@ -125,12 +140,30 @@ class Ours:
     def evaluate(self, x):
         self.sae.eval()
         kind = self.sae.cfg.kind
-        if self.inference == "topk":   # a BatchTopK SAE read with each token's own top k instead of the threshold
-            self.sae.cfg.kind = "topk"
-        out = self.sae(x)
-        self.sae.cfg.kind = kind
+        if self.inference in ("cal", "batch"):
+            recon, fired = self._batch_rule(x)
+        else:
+            if self.inference == "topk":   # a BatchTopK SAE read with each token's own top k instead of the threshold
+                self.sae.cfg.kind = "topk"
+            out = self.sae(x)
+            self.sae.cfg.kind = kind
+            recon, fired = out.recon, out.latents != 0
         self.sae.train()
-        return out.recon, out.latents != 0, self.sae.W_dec
+        return recon, fired, self.sae.W_dec
+
+    def _batch_rule(self, x):
+        """A BatchTopK SAE's codes kept by score = pre / r (models.sae) against the oracle threshold (inf=cal)
+        or by batch top-k over consecutive batches of the training size (inf=batch)."""
+        sae, k = self.sae, self.sae.cfg.k
+        _, x_in = sae._pre(x)
+        pre = torch.addmm(sae.b_enc, x_in, sae.W_enc).relu()                        # (B, S)
+        score = pre / _rank_scale(sae, x_in)                                         # (B, S)
+        if self.inference == "cal":
+            keep = score >= score.flatten().topk(len(x) * k).values.min()
+        else:
+            keep = torch.cat([s >= s.flatten().topk(len(s) * k).values.min() for s in score.split(self.batch)])
+        f = pre * keep
+        return (f @ sae.W_dec + sae.b_dec) / sae.norm_scale + sae.norm_mean, f != 0
 
     def bf16_step(self, x, lr):
         sae_step(self.sae, self.opt, x=x, lr=lr, grad_clip=GRAD_CLIP, world_size=1, bf16=True)
@@ -182,28 +215,38 @@ def _dictionary_learning_trainers():
         pkg = types.ModuleType("dictionary_learning")
         pkg.__path__ = list(spec.submodule_search_locations)
         sys.modules["dictionary_learning"] = pkg
-    return (importlib.import_module("dictionary_learning.trainers.batch_top_k"),
-            importlib.import_module("dictionary_learning.trainers.matryoshka_batch_top_k"))
+    return tuple(importlib.import_module(f"dictionary_learning.trainers.{m}")
+                 for m in ("batch_top_k", "matryoshka_batch_top_k", "standard"))
 
 
 class DictionaryLearning:
     """dictionary_learning's BatchTopK / Matryoshka BatchTopK trainers (the papers' authors' reference code),
     stepped through their own `update` (geometric-median b_dec, summed-MSE loss, AuxK, grad clip 1) with our
-    learning-rate schedule, dead window, threshold EMA rate and Matryoshka prefixes (S/16, S/8, .., S)."""
+    learning-rate schedule, dead window, threshold EMA rate and Matryoshka prefixes (S/16, S/8, .., S); and its
+    ReLU+L1 trainer after Anthropic's April-2024 update (`dl-relu[:l1=<weight>]`: decoder norms free, L1 weighted
+    by them and warmed up over 5 % of the steps as ours, no input normalisation, rows initialised at norm 0.1)."""
 
-    def __init__(self, kind, c, total_steps, init_x):
-        batch_top_k, matryoshka = _dictionary_learning_trainers()
-        self.name = "dl-" + kind
-        common = dict(steps=total_steps, activation_dim=c["d"], dict_size=c["width"], k=c["k"], layer=0, lm_name="-",
-                      warmup_steps=max(1, total_steps // 10), threshold_start_step=0, device=str(init_x.device),
-                      threshold_beta=1 - max(0.01, 1 / (THRESHOLD_WINDOW * total_steps)), lr=1.0)
+    def __init__(self, spec, c, total_steps, init_x):
+        batch_top_k, matryoshka, standard = _dictionary_learning_trainers()
+        kind, *tweaks = spec.split(":")
+        self.name = "dl-" + spec
+        common = dict(steps=total_steps, activation_dim=c["d"], dict_size=c["width"], layer=0, lm_name="-",
+                      warmup_steps=max(1, total_steps // 10), device=str(init_x.device), lr=1.0)
+        topk = dict(k=c["k"], threshold_start_step=0,
+                    threshold_beta=1 - max(0.01, 1 / (THRESHOLD_WINDOW * total_steps)))
         if kind == "batchtopk":
-            self.trainer = batch_top_k.BatchTopKTrainer(**common)
+            self.trainer = batch_top_k.BatchTopKTrainer(**common, **topk)
         elif kind == "matryoshka":
             self.trainer = matryoshka.MatryoshkaBatchTopKTrainer(group_fractions=[1 / 16, 1 / 16, 1 / 8, 1 / 4, 1 / 2],
-                                                                 **common)
+                                                                 **common, **topk)
+        elif kind == "relu":   # Anthropic's April-2024 recipe, as ours: L1 weighted by decoder norms, warmed up
+            l1 = [float(t[3:]) for t in tweaks if t.startswith("l1=")]
+            self.trainer = standard.StandardTrainerAprilUpdate(l1_penalty=l1[0] if l1 else 0.1,
+                                                               sparsity_warmup_steps=max(1, total_steps // 20), **common)
         else:
-            raise SystemExit(f"--kinds: dictionary_learning kinds are dl-batchtopk and dl-matryoshka, not dl-{kind}")
+            raise SystemExit(f"--kinds: dictionary_learning kinds are dl-batchtopk, dl-matryoshka and dl-relu, not dl-{kind}")
+        if any(not t.startswith("l1=") for t in tweaks) or (tweaks and kind != "relu"):
+            raise SystemExit(f"--kinds: {spec!r}: dl-relu takes only l1=<weight> (and l0), the other dl-* kinds no tweaks")
         self.trainer.dead_feature_threshold = min(10_000_000, max(c["batch"], c["tokens"] // 20))
         self.n = 0
 
@@ -216,7 +259,7 @@ class DictionaryLearning:
     @torch.no_grad()
     def evaluate(self, x):
         ae = self.trainer.ae
-        f = ae.encode(x)                                    # their inference: JumpReLU at the learnt threshold
+        f = ae.encode(x)                                    # their inference (BatchTopK: JumpReLU at the learnt threshold)
         rows = ae.W_dec if hasattr(ae, "W_dec") else ae.decoder.weight.T
         return ae.decode(f), f != 0, rows
 
@@ -235,7 +278,8 @@ def evaluate(model, x_eval, atoms, seconds, tokens, tree=None, out_mask=None):
     if tree is not None:
         extra["absorption"], extra["parents_found"] = absorption(tree[0], fired.cpu(), atoms.cpu(),
                                                                  rows.float().cpu(), tree[1])
-    return dict(model=model.name, fvu=fvu.compute(), l0=fired.sum(1).float().mean().item(),
+    per_token = fired.sum(1).float()                                     # (B,) latents each token uses
+    return dict(model=model.name, fvu=fvu.compute(), l0=per_token.mean().item(), l0_sd=per_token.std().item(),
                 dead_frac=(~fired.any(0)).float().mean().item(), recovery=rec, share_09=share,
                 tokens_per_s=tokens / seconds, **extra)
 
@@ -249,8 +293,9 @@ def make_model(kind, c, total, init_x):
 
 
 def run_config(name, c, lr, kinds, dev, seed):
-    """Train every kind in `kinds` on the same batches; 'relu:l0' kinds are matched to L0 = k separately."""
-    matched = [kind for kind in kinds if kind.startswith("relu") and "l0" in kind.split(":")[1:]]
+    """Train every kind in `kinds` on the same batches; 'relu:l0' and 'dl-relu:l0' kinds are matched to L0 = k
+    separately."""
+    matched = [kind for kind in kinds if kind.split(":")[0] in ("relu", "dl-relu") and "l0" in kind.split(":")[1:]]
     together = [kind for kind in kinds if kind not in matched]
     rows = train(name, c, lr, together, dev, seed) if together else []
     for kind in matched:
@@ -260,9 +305,17 @@ def run_config(name, c, lr, kinds, dev, seed):
 
 def match_l0(name, c, lr, spec, dev, seed, tries=7, tol=0.1):
     """ReLU+L1 at the L0 of the TopK kinds: bisect log(l1 weight) on full runs over the same batches (each
-    try redraws the stream from the seed) until the held-out L0 is within tol of k; report the closest try."""
+    try redraws the stream from the seed) until the held-out L0 is within tol of k; report the closest try.
+    Ours brackets the weight in [1e-3, 1]; dl-relu (summed MSE on raw activations, no input normalisation) in
+    [1e-3, 100] times D / s, s = sqrt(D) / E||x - mean|| our input scale (the factor that makes the two losses
+    the same function), with two more tries for the wider bracket."""
     base = ":".join(t for t in spec.split(":") if t != "l0")
-    lo, hi, best = math.log(1e-3), math.log(1.0), None
+    unit, top = 1.0, 1.0
+    if base.startswith("dl-"):
+        x = Planted(**c, seed=seed).sample(8192)
+        unit = c["d"] * (x - x.mean(0)).norm(dim=1).mean().item() / math.sqrt(c["d"])
+        top, tries = 100.0, tries + 2
+    lo, hi, best = math.log(1e-3 * unit), math.log(top * unit), None
     for _ in range(tries):
         l1 = math.exp((lo + hi) / 2)
         row = train(name, c, lr, [f"{base}:l1={l1:.4g}"], dev, seed, quiet=True)[0]
@@ -281,6 +334,7 @@ def report(r):
     extra += f" fvu in/out {r['fvu_in']:.4f} / {r['fvu_out']:.4f}" if "fvu_in" in r else ""
     extra += f" absorption {r['absorption']:.3f} over {r['parents_found']} parents" if "absorption" in r else ""
     print(f"{r['config']:4s} lr {r['lr']:7.1e} seed {r['seed']} {r['model']:16s} fvu {r['fvu']:.4f} l0 {r['l0']:6.2f} "
+          f"(sd {r['l0_sd']:.2f}) "
           f"dead {r['dead_frac']:.3f} recovery {r['recovery']:.4f} share>0.9 {r['share_09']:.3f} "
           f"{r['tokens_per_s']:8.0f} tok/s (null recovery {r['null_recovery']:.3f}){extra}", flush=True)
 
@@ -368,7 +422,8 @@ def table(paths, wide=False):
             print(f"| {config} | {lr:.0e} | {n} | " + " | ".join(cells) + " |")
         return
     keys = ("fvu", "l0", "dead_frac", "recovery", "share_09")
-    extra = [key for key in ("fvu_in", "fvu_out", "absorption") if any(key in r for g in groups.values() for r in g)]
+    extra = [key for key in ("l0_sd", "fvu_in", "fvu_out", "absorption")
+             if any(key in r for g in groups.values() for r in g)]
     keys += tuple(extra)
     print("| config | tokens | lr | model | seeds | FVU | L0 | dead | recovery | share > 0.9 |" + "".join(f" {key} |" for key in extra))
     print("|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(extra))
@@ -379,7 +434,7 @@ def table(paths, wide=False):
                 cells.append("")
                 continue
             v = torch.tensor([r.get(key, float("nan")) for r in rows], dtype=torch.float64)
-            digits = 2 if key == "l0" else 4 if key in ("fvu", "recovery", "fvu_in", "fvu_out") else 3
+            digits = 2 if key in ("l0", "l0_sd") else 4 if key in ("fvu", "recovery", "fvu_in", "fvu_out") else 3
             sd = f" ± {v.std().item():.{digits}f}" if len(v) > 1 else ""
             cells.append(f"{v.mean().item():.{digits}f}{sd}")
         l1 = f" (l1 {rows[0]['l1']:.3g})" if len(rows) == 1 and "l1" in rows[0] else ""

@@ -12,11 +12,12 @@ training path one branch of `forward`):
   matryoshka  BatchTopK whose nested prefixes W_dec[:m] (m in matryoshka_widths) must each reconstruct the
               input on their own (Bussmann et al. 2025, "Learning multi-level features with Matryoshka
               SAEs"): early latents learn coarse features, later ones refine them, against feature absorption
-  relu        ReLU + L1 weighted by decoder row norms, L1 warmed up linearly (Anthropic April-2024 update)
+  relu        ReLU + L1 weighted by decoder row norms, L1 warmed up linearly, row norms free and starting small
+              (Anthropic April-2024 update; `save` folds the norms into the codes, so a saved SAE has unit rows)
 Recipe (the consensus of openai/sparse_autoencoder, sparsify, saev, SAELens, dictionary_learning): b_dec
 subtracted before the encoder, tied init W_enc = W_dec^T / sqrt(3) (ENC_INIT_NORM, sparsify's scale),
 b_dec at the geometric median of a sample (openai), unit-norm decoder rows with the gradient parallel
-to them removed (openai, sparsify, saev), inputs mean-centred and scaled so E||x|| = sqrt(D)
+to them removed (openai, sparsify, saev; not relu, above), inputs mean-centred and scaled so E||x|| = sqrt(D)
 (SAELens, saev v0.1), folded into the weights by `save` so a saved SAE acts on raw activations.
 """
 import dataclasses
@@ -67,6 +68,12 @@ KINDS = tuple(CODES)
 # our encoder learn 1.7x slower than sparsify's (nn.Linear init, ||w|| ~ 1/sqrt(3)) at the same lr, the
 # whole of the gap on the planted-dictionary benchmark (README, SAEs, "Recovery vs sparsify").
 ENC_INIT_NORM = 1 / math.sqrt(3)
+# relu: decoder rows start at this norm with the encoder tied to them, and their norms stay free (the L1 weighs
+# each code by its row's norm, so the penalty grows as a latent's row does), as in Anthropic's April-2024 update
+# and SAELens (whose rows start at 0.1 on inputs scaled as ours; 0.1 learnt slower on the planted toy config).
+# Unit rows held at norm 1 (our recipe before) made the weighting a no-op and recovered 0.63 / 0.43 of the
+# planted atoms instead of 0.99 (tiny / toy, lr 1e-2, L0 matched to k; README, SAEs, "ReLU+L1 at matched L0").
+RELU_DEC_INIT_NORM = 0.05
 
 
 @dataclasses.dataclass
@@ -231,8 +238,10 @@ class SAE(nn.Module):
         D, S = cfg.d_in, cfg.n_latents
         W_dec = torch.empty(S, D)
         nn.init.kaiming_uniform_(W_dec, a=math.sqrt(5))
-        self.W_dec = nn.Parameter(W_dec / W_dec.norm(dim=1, keepdim=True))
-        self.W_enc = nn.Parameter(self.W_dec.detach().t() * ENC_INIT_NORM)   # tied init (Gao et al. 2024), shrunk
+        self.free_decoder = cfg.kind == "relu"   # row norms free (relu) or held at 1 (the others)
+        row = RELU_DEC_INIT_NORM if self.free_decoder else 1.0
+        self.W_dec = nn.Parameter(W_dec / W_dec.norm(dim=1, keepdim=True) * row)
+        self.W_enc = nn.Parameter(self._tied_encoder())   # tied init (Gao et al. 2024)
         self.b_enc = nn.Parameter(torch.zeros(S))
         self.b_dec = nn.Parameter(torch.zeros(D))
         self.register_buffer("norm_mean", torch.zeros(D))
@@ -263,17 +272,24 @@ class SAE(nn.Module):
         self.norm_mean.copy_(mu)
         self.norm_scale.copy_(s)
         self.b_dec.copy_(med)
-        self.W_enc.copy_(self.W_dec.t() * ENC_INIT_NORM)
+        self.W_enc.copy_(self._tied_encoder())
+
+    def _tied_encoder(self):
+        """W_dec^T, shrunk to ENC_INIT_NORM for unit rows (relu: as small as its rows already are)."""
+        return self.W_dec.detach().t() * (1.0 if self.free_decoder else ENC_INIT_NORM)
 
     @torch.no_grad()
     def normalize_decoder(self):
-        """Rescale decoder rows to unit norm; call after optimizer.step()."""
+        """Rescale decoder rows to unit norm (not relu's free rows); call after optimizer.step()."""
+        if self.free_decoder:
+            return
         self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
 
     @torch.no_grad()
     def remove_parallel_grad(self):
-        """Drop the part of W_dec.grad along each (unit) row; call between backward() and step()."""
-        if self.W_dec.grad is None:
+        """Drop the part of W_dec.grad along each (unit) row; call between backward() and step(). Not for
+        relu's free rows, whose norms the gradient may change."""
+        if self.W_dec.grad is None or self.free_decoder:
             return
         W, grad = self.W_dec, self.W_dec.grad
         # g -= (g . w / |w|^2) w per row, in place: no (S, D) temporaries (a unit copy and a product cost
@@ -414,6 +430,9 @@ class SAE(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         t = {k: v.detach().cpu().clone().contiguous() for k, v in self.state_dict().items()}
         if fold:   # see class docstring: z and x^ unchanged, decoder rows stay unit-norm
+            if self.free_decoder:   # relu: z_i ||w_i|| with w_i / ||w_i||, same x^ and L1; unit rows as the others
+                n = t["W_dec"].norm(dim=1).clamp_min(1e-12)                   # (S,)
+                t["W_dec"], t["W_enc"], t["b_enc"] = t["W_dec"] / n[:, None], t["W_enc"] * n, t["b_enc"] * n
             s = t["norm_scale"]
             t["b_enc"] = t["b_enc"] / s
             if self.cfg.batch_rank == "raw":   # 'norm' compares pre / (||x_in|| / sqrt(D)): free of s
