@@ -1,7 +1,7 @@
 """Override parser: literal parsing, unknown keys, type mismatches, YAML files, int-for-float."""
 import pytest
 
-from training.config import apply_overrides
+from training.config import apply_overrides, constants
 
 DEFAULTS = {"lr": 2e-4, "k": 32, "hook": "enc_norm", "cache": False, "shape": (224, 224)}
 
@@ -10,6 +10,13 @@ def test_literals_and_bare_strings():
     cfg = apply_overrides(DEFAULTS, ["--k=64", "--hook=enc_blocks.11", "--cache=True", "--lr=1e-3"], verbose=False)
     assert cfg == {**DEFAULTS, "k": 64, "hook": "enc_blocks.11", "cache": True, "lr": 1e-3}
     assert DEFAULTS["k"] == 32  # defaults are not mutated
+
+
+def test_constants_are_the_lowercase_literals():
+    """A script's config block: plain literals, not private names, not imported ALL_CAPS constants, not objects."""
+    ns = {"lr": 2e-4, "hook": "enc_norm", "shape": (224, 224), "_tmp": 1, "RESUMABLE_CHANGES": ("device",),
+          "os": pytest, "DEFAULTS": {}}
+    assert constants(ns) == {"lr": 2e-4, "hook": "enc_norm", "shape": (224, 224)}
 
 
 def test_int_for_float_is_accepted_as_float():

@@ -88,8 +88,10 @@ def parse_value(text):
 
 def constants(namespace):
     """The config block of a script: its module-level plain literals (int, float, bool, str, tuple), names
-    not starting with '_', in definition order; call as constants(globals()) right after the block."""
-    return {k: v for k, v in namespace.items() if not k.startswith("_") and type(v) in (int, float, bool, str, tuple)}
+    not starting with '_' and not ALL_CAPS (module constants a script imports, e.g. analyze_results'
+    RESUMABLE_CHANGES, are not settings), in definition order; call as constants(globals()) after the block."""
+    return {k: v for k, v in namespace.items()
+            if not k.startswith("_") and not k.isupper() and type(v) in (int, float, bool, str, tuple)}
 
 
 def apply_overrides(defaults, argv, verbose=True, doc=None):
