@@ -8,11 +8,13 @@ token_weight=True, plain `topk` is SAEConfig's default); sparsify's SparseCoder 
 the steps of its Trainer (b_dec = mean of the first batch, unit-norm decoder before each forward, FVU loss,
 parallel gradient removed, no clipping, AuxK off: its defaults); dictionary_learning's BatchTopK and Matryoshka
 BatchTopK (the BatchTopK papers' code, `dl-batchtopk`, `dl-matryoshka`) through their trainers' own `update`.
-ReLU+L1 (`relu:l0`, and dictionary_learning's April-update trainer `dl-relu:l0`) is matched to the L0 of the TopK kinds
-by bisecting its L1 weight. Reported on a held-out set of the same
-distribution: FVU (centred), L0, dead fraction (never fired on it), recovery = mean over true atoms of the
-best cosine to a decoder row, and the share of atoms found at cos > 0.9; tokens/s of training (steps
-interleaved, so load on a shared machine hits both alike). Null: a random decoder's recovery is printed
+ReLU+L1 (`relu:l0`, and dictionary_learning's April-update trainer `dl-relu:l0`; `dl-relu:norm=1:l0` feeds it our
+input normalisation) is matched to the L0 of the TopK kinds by bisecting its L1 weight, and its FVU and recovery
+are also read at L0 = k exactly (`fvu_at_k`, `recovery_at_k`: interpolated between the bisection's tries).
+Reported on a held-out set of the same distribution: FVU (centred), L0, dead fraction (never fired on it),
+recovery = mean over true atoms of the best cosine to a decoder row, the share of atoms found at cos > 0.9, `dup`
+the share found by two or more live latents, and tokens/s of training (steps interleaved, so load on a shared
+machine hits both alike). Null: a random decoder's recovery is printed
 per config. Run from the repo root (benchmark-only dependencies: pip install -r requirements-bench.txt, and
 pip install --no-deps -r requirements-bench-nodeps.txt for the dl-* kinds):
 
@@ -44,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-from bench.planted import Planted, absorption, recovery
+from bench.planted import Planted, absorption, duplicates, recovery
 from bench.recovery_models import Ours, Sparsify, make_model
 from models.sae import FVU
 from training.step import lr_at
@@ -86,7 +88,7 @@ def evaluate(model, x_eval, atoms, seconds, tokens, tree=None, out_mask=None):
     per_token = fired.sum(1).float()                                     # (B,) latents each token uses
     return dict(model=model.name, fvu=fvu.compute(), l0=per_token.mean().item(), l0_sd=per_token.std().item(),
                 dead_frac=(~fired.any(0)).float().mean().item(), recovery=rec, share_09=share,
-                tokens_per_s=tokens / seconds, **extra)
+                dup=duplicates(atoms, rows.float(), fired.any(0)), tokens_per_s=tokens / seconds, **extra)
 
 
 def run_config(name, c, lr, kinds, dev, seed):
@@ -100,39 +102,62 @@ def run_config(name, c, lr, kinds, dev, seed):
     return rows
 
 
-def match_l0(name, c, lr, spec, dev, seed, tries=7, tol=0.1):
+def match_l0(name, c, lr, spec, dev, seed, tries=7, tol=0.1, span=0.3):
     """ReLU+L1 at the L0 of the TopK kinds: bisect log(l1 weight) on full runs over the same batches (each
-    try redraws the stream from the seed) until the held-out L0 is within tol of k; report the closest try.
+    try redraws the stream from the seed) until the held-out L0 is within tol of k and k is bracketed by tries
+    within span of it; report the closest try, plus `fvu_at_k` and `recovery_at_k`, each interpolated linearly
+    in log L0 between the bracketing tries nearest to k (so that kinds whose closest tries land at different L0
+    compare at L0 = k itself; NaN when k was not bracketed).
     Ours brackets the weight in [1e-3, 1]; dl-relu (summed MSE on raw activations, no input normalisation) in
     [1e-3, 100] times D / s, s = sqrt(D) / E||x - mean|| our input scale (the factor that makes the two losses
-    the same function), with two more tries for the wider bracket."""
+    the same function; with norm=<c>, D c), with two more tries for the wider bracket."""
     base = ":".join(t for t in spec.split(":") if t != "l0")
-    unit, top = 1.0, 1.0
+    unit, top, k = 1.0, 1.0, c["k"]
     if base.startswith("dl-"):
         x = Planted(**c, seed=seed).sample(8192)
         unit = c["d"] * (x - x.mean(0)).norm(dim=1).mean().item() / math.sqrt(c["d"])
+        for t in base.split(":"):   # norm=<c>: it sees our normalised inputs times c, so s is sqrt(D) c / E||x - mean||
+            unit = c["d"] * float(t[5:]) if t.startswith("norm=") else unit
         top, tries = 100.0, tries + 2
-    lo, hi, best = math.log(1e-3 * unit), math.log(top * unit), None
+    lo, hi, runs = math.log(1e-3 * unit), math.log(top * unit), []
+
+    def dist(r):   # how far a try's L0 is from k, in log
+        return abs(math.log(max(r["l0"], 1e-3) / k))
+
     for _ in range(tries):
         l1 = math.exp((lo + hi) / 2)
-        row = train(name, c, lr, [f"{base}:l1={l1:.4g}"], dev, seed, quiet=True)[0]
-        if best is None or abs(math.log(max(row["l0"], 1e-3) / c["k"])) < abs(math.log(max(best["l0"], 1e-3) / c["k"])):
-            best = dict(row, l1=l1)
-        if abs(row["l0"] / c["k"] - 1) <= tol:
+        runs.append(dict(train(name, c, lr, [f"{base}:l1={l1:.4g}"], dev, seed, quiet=True)[0], l1=l1))
+        below = [r for r in runs if k * (1 - span) <= r["l0"] <= k]
+        above = [r for r in runs if k <= r["l0"] <= k * (1 + span)]
+        if min(map(dist, runs)) <= math.log(1 + tol) and below and above:
             break
-        lo, hi = (lo, math.log(l1)) if row["l0"] < c["k"] else (math.log(l1), hi)
-    best["model"] = spec
+        lo, hi = (lo, math.log(l1)) if runs[-1]["l0"] < k else (math.log(l1), hi)
+    best = dict(min(runs, key=dist), model=spec, l0_tries=[round(r["l0"], 3) for r in runs])
+    for key in ("fvu", "recovery"):
+        best[f"{key}_at_k"] = at_l0(runs, k, key)
     report(best)
     return best
 
 
+def at_l0(runs, k, key):
+    """runs[key] at L0 = k, linear in log L0 between the tries nearest to k on either side; NaN if none brackets k."""
+    below = [r for r in runs if 0 < r["l0"] <= k]
+    above = [r for r in runs if r["l0"] >= k]
+    if not below or not above:
+        return float("nan")
+    a, b = max(below, key=lambda r: r["l0"]), min(above, key=lambda r: r["l0"])
+    t = 0.0 if b["l0"] == a["l0"] else math.log(k / a["l0"]) / math.log(b["l0"] / a["l0"])
+    return a[key] + t * (b[key] - a[key])
+
+
 def report(r):
     extra = (f" l1 {r['l1']:.4g}" if "l1" in r else "")
+    extra += f" at L0 = k: fvu {r['fvu_at_k']:.4f} recovery {r['recovery_at_k']:.4f}" if "fvu_at_k" in r else ""
     extra += f" fvu in/out {r['fvu_in']:.4f} / {r['fvu_out']:.4f}" if "fvu_in" in r else ""
     extra += f" absorption {r['absorption']:.3f} over {r['parents_found']} parents" if "absorption" in r else ""
     print(f"{r['config']:4s} lr {r['lr']:7.1e} seed {r['seed']} {r['model']:16s} fvu {r['fvu']:.4f} l0 {r['l0']:6.2f} "
           f"(sd {r['l0_sd']:.2f}) "
-          f"dead {r['dead_frac']:.3f} recovery {r['recovery']:.4f} share>0.9 {r['share_09']:.3f} "
+          f"dead {r['dead_frac']:.3f} recovery {r['recovery']:.4f} share>0.9 {r['share_09']:.3f} dup {r['dup']:.3f} "
           f"{r['tokens_per_s']:8.0f} tok/s (null recovery {r['null_recovery']:.3f}){extra}", flush=True)
 
 
@@ -199,39 +224,40 @@ def throughput(dev, steps, bf16):
 
 
 def table(paths, wide=False):
-    """Markdown table of --out files' rows: per (config, lr, model), the mean over seeds (± sd when > 1);
-    wide: one row per (config, lr), one column per model, cells 'recovery / FVU' (means)."""
+    """Markdown table of --out files' rows: per (config, tokens, lr, model), the mean over seeds (± sd when > 1);
+    wide: one row per (config, tokens, lr), one column per model, cells 'recovery / FVU' (means)."""
     groups = {}
     for path in paths:
         for r in json.loads(Path(path).read_text())["rows"]:
-            groups.setdefault((r["config"], r["lr"], r["model"]), []).append(r)
+            groups.setdefault((r["config"], r["tokens"], r["lr"], r["model"]), []).append(r)
     if wide:
-        models = list(dict.fromkeys(m for _, _, m in groups))
+        models = list(dict.fromkeys(key[3] for key in groups))
         print("| config | lr | seeds | " + " | ".join(models) + " |")
         print("|---|---|---|" + "---|" * len(models))
-        for config, lr in dict.fromkeys((c, lr) for c, lr, _ in groups):
+        for run in dict.fromkeys(key[:3] for key in groups):
             cells = []
             for m in models:
-                rows = groups.get((config, lr, m), [])
+                rows = groups.get((*run, m), [])
                 mean = lambda key: sum(r[key] for r in rows) / max(len(rows), 1)
                 cells.append(f"{mean('recovery'):.4f} / {mean('fvu'):.4f}" if rows else "")
-            n = len(groups[next(k for k in groups if k[:2] == (config, lr))])
-            print(f"| {config} | {lr:.0e} | {n} | " + " | ".join(cells) + " |")
+            n = len(groups[next(key for key in groups if key[:3] == run)])
+            print(f"| {run[0]} | {run[2]:.0e} | {n} | " + " | ".join(cells) + " |")
         return
     keys = ("fvu", "l0", "dead_frac", "recovery", "share_09")
-    extra = [key for key in ("l0_sd", "fvu_in", "fvu_out", "absorption")
+    extra = [key for key in ("l0_sd", "dup", "fvu_at_k", "recovery_at_k", "fvu_in", "fvu_out", "absorption")
              if any(key in r for g in groups.values() for r in g)]
     keys += tuple(extra)
     print("| config | tokens | lr | model | seeds | FVU | L0 | dead | recovery | share > 0.9 |" + "".join(f" {key} |" for key in extra))
     print("|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(extra))
-    for (config, lr, model), rows in groups.items():
+    for (config, _, lr, model), rows in groups.items():
         cells = []
         for key in keys:
             if not any(key in r for r in rows):   # a metric of other configs (absorption: tree only)
                 cells.append("")
                 continue
             v = torch.tensor([r.get(key, float("nan")) for r in rows], dtype=torch.float64)
-            digits = 2 if key in ("l0", "l0_sd") else 4 if key in ("fvu", "recovery", "fvu_in", "fvu_out") else 3
+            digits = 2 if key in ("l0", "l0_sd") else 4 if key in ("fvu", "recovery", "fvu_in", "fvu_out", "fvu_at_k",
+                                                                     "recovery_at_k") else 3
             sd = f" ± {v.std().item():.{digits}f}" if len(v) > 1 else ""
             cells.append(f"{v.mean().item():.{digits}f}{sd}")
         l1 = f" (l1 {rows[0]['l1']:.3g})" if len(rows) == 1 and "l1" in rows[0] else ""

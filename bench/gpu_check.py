@@ -103,7 +103,6 @@ def golden_check(device, tiny):
     """Runs in a child process. Per golden case: fp32 on `device` vs the official tensors, bf16 autocast vs fp32."""
     import argparse as ap_
     import torch
-    from safetensors.torch import load_file
 
     from models.loading import load_dust3r
     sys.path.insert(0, str(ROOT / "tests"))

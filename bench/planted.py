@@ -104,3 +104,12 @@ def recovery(atoms, rows):
     """-> (mean best cosine of each true atom to a row, share with best cos > 0.9)."""
     best = torch.cat([(a @ F.normalize(rows, dim=1).T).max(1).values for a in atoms.split(1024)])
     return best.mean().item(), (best > 0.9).float().mean().item()
+
+
+def duplicates(atoms, rows, alive, min_cos=0.9):
+    """-> share of the atoms found at cos > min_cos by two or more live latents (`alive` (S,) bool: fired on the
+    evaluation set). An L1 penalty does not see an atom split over two identical latents (f_1 + f_2 costs what f
+    costs) while L0 counts both, so duplicates raise the L1 weight a given L0 needs."""
+    live = F.normalize(rows[alive], dim=1)                                           # (S_live, D)
+    hits = torch.cat([((a @ live.T) > min_cos).sum(1) for a in atoms.split(1024)])    # (A,)
+    return (hits > 1).float().mean().item()

@@ -28,7 +28,9 @@ class Ours:
     tw per-token relative-error loss (SAEConfig.token_weight),
     l1=<c> the ReLU kind's L1 weight (to match another kind's L0), unit its decoder rows held at norm 1 (the recipe
     before RELU_DEC_INIT_NORM), dec=<c> its rows' initial norm,
-    nonorm no input normalisation (mu = 0, s = 1), bmean b_dec at the sample mean instead of the median."""
+    nonorm no input normalisation (mu = 0, s = 1), scale=<c> inputs scaled to E||x - mu|| = c sqrt(D),
+    bmean b_dec at the sample mean instead of the median, b0 at the raw origin (x = 0, dl-relu's zero b_dec),
+    benc=<c> encoder biases uniform in (-c, c) instead of 0 (dl-relu's, torch nn.Linear's default: c = 1/sqrt(D))."""
 
     def __init__(self, spec, c, total_steps, init_x):
         kind, *tweaks = spec.split(":")
@@ -69,10 +71,17 @@ class Ours:
                     self.sae.norm_mean.zero_()
                     self.sae.norm_scale.fill_(1.0)
                     self.sae.b_dec.copy_(init_x.mean(0))
+                elif t.startswith("benc="):   # encoder biases uniform in (-c, c) (torch's nn.Linear init: c = 1/sqrt(D))
+                    self.sae.b_enc.uniform_(-float(t[5:]), float(t[5:]))
+                elif t.startswith("scale="):   # inputs scaled to E||x - mu|| = c sqrt(D) instead of sqrt(D)
+                    self.sae.b_dec.mul_(float(t[6:]))
+                    self.sae.norm_scale.mul_(float(t[6:]))
+                elif t == "b0":   # b_dec at the raw origin (x_in = s x): dl-relu's zero b_dec, inputs scaled as ours
+                    self.sae.b_dec.copy_(-self.sae.norm_mean * self.sae.norm_scale)
                 elif t == "bmean":
                     self.sae.b_dec.copy_(((init_x - self.sae.norm_mean) * self.sae.norm_scale).mean(0))
                 else:
-                    raise SystemExit(f"--kinds: unknown tweak {t!r} in {spec!r}; expected enc=, clip=, aux=, auxk=, l1=, unit, dec=, rank=, thr=, inf=topk|cal|batch, tw, nonorm, bmean")
+                    raise SystemExit(f"--kinds: unknown tweak {t!r} in {spec!r}; expected enc=, clip=, aux=, auxk=, l1=, unit, dec=, rank=, thr=, inf=topk|cal|batch, tw, nonorm, scale=, b0, bmean, benc=")
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=1.0)
 
     def step(self, x, lr):
@@ -166,7 +175,8 @@ class DictionaryLearning:
     stepped through their own `update` (geometric-median b_dec, summed-MSE loss, AuxK, grad clip 1) with our
     learning-rate schedule, dead window, threshold EMA rate and Matryoshka prefixes (S/16, S/8, .., S); and its
     ReLU+L1 trainer after Anthropic's April-2024 update (`dl-relu[:l1=<weight>]`: decoder norms free, L1 weighted
-    by them and warmed up over 5 % of the steps as ours, no input normalisation, rows initialised at norm 0.1)."""
+    by them and warmed up over 5 % of the steps as ours, no input normalisation, rows initialised at norm 0.1).
+    Tweak norm=<c> (every dl-* kind) feeds them our input normalisation at scale c."""
 
     def __init__(self, spec, c, total_steps, init_x):
         batch_top_k, matryoshka, standard = _dictionary_learning_trainers()
@@ -187,23 +197,31 @@ class DictionaryLearning:
                                                                sparsity_warmup_steps=max(1, total_steps // 20), **common)
         else:
             raise SystemExit(f"--kinds: dictionary_learning kinds are dl-batchtopk, dl-matryoshka and dl-relu, not dl-{kind}")
-        if any(not t.startswith("l1=") for t in tweaks) or (tweaks and kind != "relu"):
-            raise SystemExit(f"--kinds: {spec!r}: dl-relu takes only l1=<weight> (and l0), the other dl-* kinds no tweaks")
+        if any(not t.startswith(("l1=", "norm=")) for t in tweaks) or (kind != "relu" and any(t.startswith("l1=")
+                                                                                             for t in tweaks)):
+            raise SystemExit(f"--kinds: {spec!r}: dl-* kinds take norm=<c> (dl-relu also l1=<weight> and l0)")
+        # norm=<c>: feed it our input normalisation, (x - mu) s c with s = sqrt(D) / E||x - mu|| (models.sae's, whose
+        # c is 1), and map its reconstructions back: the same trainer on the inputs ours sees
+        self.mu, self.s = torch.zeros(c["d"], device=init_x.device), 1.0
+        for t in tweaks:
+            if t.startswith("norm="):
+                self.mu = init_x.mean(0)
+                self.s = float(t[5:]) * c["d"] ** 0.5 / (init_x - self.mu).norm(dim=1).mean().item()
         self.trainer.dead_feature_threshold = min(10_000_000, max(c["batch"], c["tokens"] // 20))
         self.n = 0
 
     def step(self, x, lr):
         for group in self.trainer.optimizer.param_groups:   # our schedule; update() then steps theirs, overridden next time
             group["lr"] = lr
-        self.trainer.update(self.n, x)
+        self.trainer.update(self.n, (x - self.mu) * self.s)
         self.n += 1
 
     @torch.no_grad()
     def evaluate(self, x):
         ae = self.trainer.ae
-        f = ae.encode(x)                                    # their inference (BatchTopK: JumpReLU at the learnt threshold)
+        f = ae.encode((x - self.mu) * self.s)               # their inference (BatchTopK: JumpReLU at the learnt threshold)
         rows = ae.W_dec if hasattr(ae, "W_dec") else ae.decoder.weight.T
-        return ae.decode(f), f != 0, rows
+        return ae.decode(f) / self.s + self.mu, f != 0, rows
 
 
 def make_model(kind, c, total, init_x):

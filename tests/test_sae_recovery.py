@@ -6,6 +6,8 @@ ReLU+L1 (decoder norms free) must recover the atoms as well as dictionary_learni
 
 Run: python -m pytest -q tests/test_sae_recovery.py   (seconds; sparsify and dictionary_learning not needed)
 """
+import math
+
 import torch
 
 from bench.bench_recovery import CONFIGS, run_config
@@ -105,3 +107,24 @@ def test_outlier_tokens_and_their_own_fvu():
     r = evaluate(Exact(), x, data.atoms, 1.0, 1, out_mask=out)
     assert abs(r["fvu_out"]) < 1e-6 and abs(r["fvu_in"] - 1) < 1e-4, r
     assert r["fvu"] < 0.5, r                                                # the outliers hold most of the variance
+
+
+def test_metrics_at_l0_k_interpolate_between_the_bracketing_tries():
+    """match_l0 reports FVU and recovery at L0 = k itself: linear in log L0 between the nearest tries on either side
+    of k (other tries ignored), the try itself when one lands on k, NaN when no try brackets k."""
+    from bench.bench_recovery import at_l0
+    runs = [dict(l0=2.0, fvu=0.9), dict(l0=3.0, fvu=0.6), dict(l0=6.0, fvu=0.3), dict(l0=12.0, fvu=0.1)]
+    assert abs(at_l0(runs, 4.0, "fvu") - (0.6 - 0.3 * math.log(4 / 3) / math.log(2))) < 1e-12   # 3 -> 6: 0.6 -> 0.3
+    assert at_l0(runs + [dict(l0=4.0, fvu=0.5)], 4.0, "fvu") == 0.5
+    assert at_l0(runs[:2], 4.0, "fvu") != at_l0(runs[:2], 4.0, "fvu")       # below k only: NaN
+
+
+def test_duplicates_counts_atoms_held_by_two_live_latents():
+    """dup: the share of atoms found (cos > 0.9) by two or more latents that fire; dead copies do not count."""
+    from bench.planted import duplicates
+    atoms = torch.eye(4, 8)
+    rows = torch.cat([atoms, atoms[:2] * 3.0 + 0.01, atoms[2:3]])           # atoms 0, 1 twice live, atom 2 twice
+    alive = torch.tensor([True] * 6 + [False])                              # the second copy of atom 2 never fires
+    assert duplicates(atoms, rows, alive) == 0.5
+    assert duplicates(atoms, rows, torch.ones(7, dtype=torch.bool)) == 0.75
+    assert duplicates(atoms, rows[:4], torch.ones(4, dtype=torch.bool)) == 0.0
