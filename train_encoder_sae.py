@@ -124,7 +124,7 @@ seed_everything(seed)  # the SAE's init depends on seed alone, not on whether a 
 sae = SAE(SAEConfig(d_in=d_in, n_latents=expansion * d_in, kind=sae_kind, k=k, aux_k=aux_k, aux_coeff=aux_coeff,
                     dead_tokens=dead_window, l1_coeff=l1_coeff, l1_warmup_steps=max(1, total_steps // 20),
                     token_weight=token_weight)).to(dev)
-optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
+optimizer = torch.optim.Adam(sae.param_groups(), lr=lr)
 ckpt = Checkpoints(run, sae, optimizer=optimizer, config=config, batch_size=batch_size,
                    tokens_per_pair=tokens_per_pair)
 step = ckpt.resume_or_init(dev, init_sample=lambda: stream.init_sample(init_tokens))

@@ -30,7 +30,8 @@ class Ours:
     before RELU_DEC_INIT_NORM), dec=<c> its rows' initial norm,
     nonorm no input normalisation (mu = 0, s = 1), scale=<c> inputs scaled to E||x - mu|| = c sqrt(D),
     bmean b_dec at the sample mean instead of the median, b0 at the raw origin (x = 0, dl-relu's zero b_dec),
-    benc=<c> encoder biases uniform in (-c, c) instead of 0 (dl-relu's, torch nn.Linear's default: c = 1/sqrt(D))."""
+    benc=<c> encoder biases uniform in (-c, c) instead of 0 (dl-relu's, torch nn.Linear's default: c = 1/sqrt(D)),
+    benclr=<m> relu's encoder biases step m x the lr (the recipe: models.sae.RELU_BENC_LR_SCALE; 1 = before it)."""
 
     def __init__(self, spec, c, total_steps, init_x):
         kind, *tweaks = spec.split(":")
@@ -78,11 +79,16 @@ class Ours:
                     self.sae.norm_scale.mul_(float(t[6:]))
                 elif t == "b0":   # b_dec at the raw origin (x_in = s x): dl-relu's zero b_dec, inputs scaled as ours
                     self.sae.b_dec.copy_(-self.sae.norm_mean * self.sae.norm_scale)
+                elif t.startswith("benclr=") and kind == "relu":
+                    pass   # set on the optimizer below
                 elif t == "bmean":
                     self.sae.b_dec.copy_(((init_x - self.sae.norm_mean) * self.sae.norm_scale).mean(0))
                 else:
-                    raise SystemExit(f"--kinds: unknown tweak {t!r} in {spec!r}; expected enc=, clip=, aux=, auxk=, l1=, unit, dec=, rank=, thr=, inf=topk|cal|batch, tw, nonorm, scale=, b0, bmean, benc=")
-        self.opt = torch.optim.Adam(self.sae.parameters(), lr=1.0)
+                    raise SystemExit(f"--kinds: unknown tweak {t!r} in {spec!r}; expected enc=, clip=, aux=, auxk=, l1=, unit, dec=, rank=, thr=, inf=topk|cal|batch, tw, nonorm, scale=, b0, bmean, benc=, benclr= (relu)")
+        self.opt = torch.optim.Adam(self.sae.param_groups(), lr=1.0)
+        for t in tweaks:   # benclr=<m>: relu's encoder biases step m x the lr (the recipe: RELU_BENC_LR_SCALE)
+            if t.startswith("benclr="):
+                self.opt.param_groups[-1]["lr_scale"] = float(t[7:])
 
     def step(self, x, lr):
         sae_step(self.sae, self.opt, x=x, lr=lr, grad_clip=self.clip, world_size=1)
@@ -127,7 +133,10 @@ class Sparsify:
         from sparsify import SparseCoder, SparseCoderConfig
         self.name = "sparsify-topk"
         self.sae = SparseCoder(c["d"], SparseCoderConfig(num_latents=c["width"], k=c["k"]), device=init_x.device)
-        self.opt = torch.optim.Adam(self.sae.parameters(), lr=1.0)
+        self.opt = torch.optim.Adam(self.sae.param_groups(), lr=1.0)
+        for t in tweaks:   # benclr=<m>: relu's encoder biases step m x the lr (the recipe: RELU_BENC_LR_SCALE)
+            if t.startswith("benclr="):
+                self.opt.param_groups[-1]["lr_scale"] = float(t[7:])
         self.first = True
 
     def step(self, x, lr):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.sae import ENC_INIT_NORM, FVU, SAE, FiringStats, SAEConfig, l0
+from models.sae import ENC_INIT_NORM, FVU, RELU_BENC_LR_SCALE, SAE, FiringStats, SAEConfig, l0
 
 D, A, K_TRUE = 32, 64, 3      # synthetic data: D dims, A unit atoms, K_TRUE active atoms per token
 
@@ -307,6 +307,22 @@ def test_init_normalisation_and_geometric_median():
     centre = sae.b_dec.detach() / sae.norm_scale + sae.norm_mean      # b_dec in raw space
     assert (centre - c).norm() < 0.2 < (x.mean(0) - c).norm()         # median, not mean
     assert torch.allclose(sae.W_enc, sae.W_dec.T * ENC_INIT_NORM)    # tied, shrunk (models/sae.py ENC_INIT_NORM)
+
+@pytest.mark.parametrize("kind", ["topk", "relu"])
+def test_relu_encoder_biases_step_faster_and_nothing_else_does(kind):
+    """SAE.param_groups puts relu's b_enc in its own group with lr_scale RELU_BENC_LR_SCALE, and sae_step gives
+    each group lr * lr_scale. Adam's first step moves every parameter with a gradient by exactly its lr."""
+    from training.step import sae_step
+    sae, atoms, g = fresh(kind)
+    opt = torch.optim.Adam(sae.param_groups(), lr=1.0)
+    before = {n: p.detach().clone() for n, p in sae.named_parameters()}
+    sae_step(sae, opt, x=sample(atoms, g, 256), lr=1e-4, grad_clip=0.0, world_size=1)
+    moved = {n: (p.detach() - before[n]).abs().max().item() for n, p in sae.named_parameters()}
+    fast = RELU_BENC_LR_SCALE if kind == "relu" else 1.0
+    assert len(opt.param_groups) == (2 if kind == "relu" else 1)
+    assert moved["b_enc"] == pytest.approx(1e-4 * fast, rel=1e-3), moved
+    for n in ("W_enc", "b_dec") + (("W_dec",) if kind == "relu" else ()):   # topk's W_dec is renormalised after
+        assert moved[n] == pytest.approx(1e-4, rel=1e-3), (n, moved)
 
 
 def _dead_stats_worker(rank, port, out_dir):

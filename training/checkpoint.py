@@ -81,6 +81,12 @@ def load_checkpoint(ckpt_dir, sae, optimizer, device):
         if key.startswith("optim."):
             _, idx, name = key.split(".", 2)
             state.setdefault(int(idx), {})[name] = v if name == "step" else v.to(device)
+    if len(meta["param_groups"]) != len(optimizer.param_groups):   # relu gained a group for b_enc (RELU_BENC_LR_SCALE)
+        raise UserError(f"{os.path.join(ckpt_dir, 'state.json')}: saved with {len(meta['param_groups'])} optimizer "
+                        f"parameter group(s), this code trains the SAE with {len(optimizer.param_groups)} (relu's "
+                        f"encoder biases step RELU_BENC_LR_SCALE x the lr since models/sae.py gained it); nothing "
+                        f"was changed in the run folder: resume with the code it was saved with, or pass "
+                        f"--run_name=<new name> for a new run")
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     torch.set_rng_state(tensors["rng.torch"])
     return meta

@@ -26,8 +26,8 @@ def lr_at(step, total_steps, *, lr, warmup_steps, decay_frac):
 def sae_step(sae, optimizer, *, x, lr, grad_clip, world_size, bf16=False):
     """Forward, backward, all-reduce, constraint maintenance, step; returns the SAEOutput.
     bf16: autocast the SAE's matmuls (fp32 weights and optimizer; sparsify measures ~2x on GPU)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    for group in optimizer.param_groups:   # lr_scale: SAE.param_groups (relu's encoder biases)
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
         out = sae(x)
     optimizer.zero_grad(set_to_none=True)
